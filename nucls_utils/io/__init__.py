@@ -1,0 +1,40 @@
+"""NuCLS data I/O: FOV names, single-rater dataset folders, masks, core-set metadata, hospital folds."""
+
+from .atomic import atomic_dir, atomic_path
+from .dataset import (
+    ANNOTATION_TYPES,
+    CSV_COLUMNS,
+    FovRecord,
+    Nucleus,
+    annotations_frame,
+    fovs_frame,
+    read_dataset,
+    read_fov_csv,
+    read_fov_locations,
+    write_dataset,
+    write_fov_csv,
+)
+from .errors import NuclsFormatError
+from .folds import (
+    PAPER_FOLD_N_FOVS,
+    PAPER_FOLDS,
+    PAPER_TABLE1_N,
+    detection_mask,
+    detection_n,
+    fold_slides,
+    fold_table,
+    hospital_kfold,
+    paper_folds,
+)
+from .masks import decode_mask, encode_mask, nucleus_pixels, rasterize_instances, read_mask_png, write_mask_png
+from .metadata import read_core_metadata
+from .naming import FovName, format_fov_name, hospital_of, parse_fov_name, slide_of
+
+__all__ = [
+    "ANNOTATION_TYPES", "CSV_COLUMNS", "FovName", "FovRecord", "Nucleus", "NuclsFormatError", "PAPER_FOLDS",
+    "PAPER_FOLD_N_FOVS", "PAPER_TABLE1_N", "annotations_frame", "atomic_dir", "atomic_path", "decode_mask",
+    "detection_mask", "detection_n", "encode_mask", "fold_slides", "fold_table", "format_fov_name", "fovs_frame",
+    "hospital_kfold", "hospital_of", "nucleus_pixels", "paper_folds", "parse_fov_name", "rasterize_instances",
+    "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",
+    "write_dataset", "write_fov_csv", "write_mask_png",
+]

@@ -1,0 +1,489 @@
+"""Single-rater NuCLS dataset folders: ``rgb/``, ``csv/`` and ``mask/``, read into typed records.
+
+Layout (official release, also written by the synthetic cohort)::
+
+    <root>/rgb/<fovname>.png     FOV RGB at 0.2 microns per pixel, with a margin around the intended FOV
+    <root>/csv/<fovname>.csv     one row per nucleus (columns below)
+    <root>/mask/<fovname>.png    optional: channel 0 = GT code, channels 1-2 = instance id (see masks.py)
+    <root>/ALL_FOV_LOCATIONS.csv optional: fovname, xmin, ymin, xmax, ymax of the intended FOV in RGB pixels
+
+CSV columns: an unnamed index, ``raw_classification``, ``main_classification``, ``super_classification``,
+``type`` (``rectangle`` = a box drawn by a participant, ``polyline`` = an approved boundary, ``point``),
+``xmin, ymin, xmax, ymax`` and ``coords_x, coords_y`` (comma-separated boundary vertices; a box's corners).
+
+Coordinates are pixel-corner coordinates in the RGB frame: pixel ``(row, col)`` covers ``[col, col + 1) x
+[row, row + 1)``, so a box may end at ``x = width``. The real release has boxes that end one pixel past the
+image edge (4 of the 17 sample FOVs), so a box may lie up to ``tolerance_px`` (1 by default) outside the image;
+anything further is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .. import taxonomy as tx
+from .atomic import atomic_dir, atomic_path
+from .errors import NuclsFormatError
+from .naming import FovName, hospital_of, parse_fov_name
+
+__all__ = [
+    "CSV_COLUMNS",
+    "ANNOTATION_TYPES",
+    "Nucleus",
+    "FovRecord",
+    "read_fov_csv",
+    "write_fov_csv",
+    "read_dataset",
+    "write_dataset",
+    "read_fov_locations",
+    "annotations_frame",
+    "fovs_frame",
+]
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "raw_classification", "main_classification", "super_classification", "type",
+    "xmin", "ymin", "xmax", "ymax", "coords_x", "coords_y",
+)
+ANNOTATION_TYPES: tuple[str, ...] = ("rectangle", "polyline", "point")
+_INT_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+@dataclass(frozen=True)
+class Nucleus:
+    """One annotated nucleus. Coordinates are RGB pixel corners at 0.2 microns per pixel."""
+
+    raw_classification: str
+    main_classification: str
+    super_classification: str
+    type: str
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+    coords_x: tuple[int, ...]
+    coords_y: tuple[int, ...]
+
+    @property
+    def raw_class(self) -> str:
+        """Raw class without the ``correction_`` prefix."""
+        return tx.strip_correction(self.raw_classification)
+
+    @property
+    def is_polygon(self) -> bool:
+        """Whether the nucleus has a traced boundary (``polyline``) rather than a box."""
+        return self.type == "polyline"
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """``(xmin, ymin, xmax, ymax)``."""
+        return (self.xmin, self.ymin, self.xmax, self.ymax)
+
+    @property
+    def area(self) -> float:
+        """Area in square pixels: the polygon's (shoelace formula) for polylines, the box's otherwise."""
+        if self.is_polygon and len(self.coords_x) >= 3:
+            x = np.asarray(self.coords_x, dtype=float)
+            y = np.asarray(self.coords_y, dtype=float)
+            return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+        return float((self.xmax - self.xmin) * (self.ymax - self.ymin))
+
+    @classmethod
+    def from_box(cls, raw_class: str, xmin: int, ymin: int, xmax: int, ymax: int) -> Nucleus:
+        """A ``rectangle`` nucleus whose coordinates are the box corners (closed ring, as in the release)."""
+        return cls(
+            raw_class, tx.to_main(raw_class), tx.to_super(raw_class), "rectangle",
+            int(xmin), int(ymin), int(xmax), int(ymax),
+            (int(xmin), int(xmax), int(xmax), int(xmin), int(xmin)),
+            (int(ymin), int(ymin), int(ymax), int(ymax), int(ymin)),
+        )
+
+    @classmethod
+    def from_polygon(cls, raw_class: str, coords_x: Sequence[int], coords_y: Sequence[int]) -> Nucleus:
+        """A ``polyline`` nucleus; the box is the vertices' extent."""
+        xs = tuple(int(v) for v in coords_x)
+        ys = tuple(int(v) for v in coords_y)
+        return cls(raw_class, tx.to_main(raw_class), tx.to_super(raw_class), "polyline",
+                   min(xs), min(ys), max(xs), max(ys), xs, ys)
+
+
+@dataclass(frozen=True)
+class FovRecord:
+    """One field of view: its name, image size, nuclei and (if known) the intended FOV rectangle."""
+
+    name: str
+    image_shape: tuple[int, int]  # (height, width) of the RGB in pixels
+    nuclei: tuple[Nucleus, ...]
+    fov_rect: tuple[int, int, int, int] | None = None  # (xmin, ymin, xmax, ymax) in RGB pixels
+    rgb_path: Path | None = field(default=None, compare=False)
+
+    @property
+    def fov(self) -> FovName:
+        return parse_fov_name(self.name)
+
+    @property
+    def slide(self) -> str:
+        return self.fov.slide
+
+    @property
+    def hospital(self) -> str:
+        return hospital_of(self.fov.slide)
+
+    def read_rgb(self) -> np.ndarray:
+        """The RGB image, ``(H, W, 3) uint8``."""
+        if self.rgb_path is None:
+            raise FileNotFoundError(f"FOV {self.name} has no RGB file attached")
+        with Image.open(self.rgb_path) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parsing helpers
+# ------------------------------------------------------------------------------------------------------------
+def _parse_int(value: str, *, path: Path, row: int, fld: str) -> int:
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        f = float(text)
+    except ValueError:
+        raise NuclsFormatError(f"{value!r} is not an integer", path=path, row=row, field=fld) from None
+    if not np.isfinite(f) or not f.is_integer():
+        raise NuclsFormatError(f"{value!r} is not an integer", path=path, row=row, field=fld)
+    return int(f)
+
+
+def _parse_coords(value: str, *, path: Path, row: int, fld: str) -> tuple[int, ...]:
+    parts = [p for p in value.replace(" ", "").split(",")]
+    if not value.strip() or any(p == "" for p in parts):
+        raise NuclsFormatError(f"{value!r} is not a comma-separated list of integers", path=path, row=row, field=fld)
+    return tuple(_parse_int(p, path=path, row=row, fld=fld) for p in parts)
+
+
+def _check_nucleus(n: Nucleus, *, path: Path, row: int, image_shape: tuple[int, int] | None,
+                   tolerance_px: int) -> None:
+    """Validate one nucleus; raise NuclsFormatError naming the field."""
+    try:
+        raw = tx.to_raw(n.raw_classification)
+    except tx.UnknownClassError as e:
+        raise NuclsFormatError(str(e), path=path, row=row, field="raw_classification") from None
+    if n.main_classification not in tx.accepted_labels(raw, "main"):
+        raise NuclsFormatError(
+            f"main class {n.main_classification!r} does not match raw class {raw!r} (expected "
+            f"{tx.to_main(raw)!r})", path=path, row=row, field="main_classification")
+    if n.super_classification not in tx.accepted_labels(raw, "super"):
+        raise NuclsFormatError(
+            f"super class {n.super_classification!r} does not match raw class {raw!r} (expected "
+            f"{tx.to_super(raw)!r})", path=path, row=row, field="super_classification")
+    if n.type not in ANNOTATION_TYPES:
+        raise NuclsFormatError(f"unknown annotation type {n.type!r}; expected one of {', '.join(ANNOTATION_TYPES)}",
+                               path=path, row=row, field="type")
+    if n.xmax < n.xmin:
+        raise NuclsFormatError(f"xmax={n.xmax} is smaller than xmin={n.xmin}", path=path, row=row, field="xmax")
+    if n.ymax < n.ymin:
+        raise NuclsFormatError(f"ymax={n.ymax} is smaller than ymin={n.ymin}", path=path, row=row, field="ymax")
+    if len(n.coords_x) != len(n.coords_y):
+        raise NuclsFormatError(
+            f"coords_x has {len(n.coords_x)} values but coords_y has {len(n.coords_y)}",
+            path=path, row=row, field="coords_y")
+    if n.type == "polyline" and len(n.coords_x) < 3:
+        raise NuclsFormatError(f"a polyline needs at least 3 vertices, got {len(n.coords_x)}",
+                               path=path, row=row, field="coords_x")
+    ext = (min(n.coords_x), min(n.coords_y), max(n.coords_x), max(n.coords_y))
+    for fld, got, want in zip(_INT_FIELDS, n.box, ext, strict=True):
+        if abs(got - want) > tolerance_px:
+            raise NuclsFormatError(f"{fld}={got} does not match the boundary's extent ({want})",
+                                   path=path, row=row, field=fld)
+    if image_shape is not None:
+        h, w = image_shape
+        t = tolerance_px
+        for fld, val, lo, hi in (("xmin", n.xmin, -t, w + t), ("ymin", n.ymin, -t, h + t),
+                                 ("xmax", n.xmax, -t, w + t), ("ymax", n.ymax, -t, h + t)):
+            if not lo <= val <= hi:
+                raise NuclsFormatError(
+                    f"box ({n.xmin}, {n.ymin}, {n.xmax}, {n.ymax}) lies outside the {w} x {h} px image "
+                    f"({fld}={val})", path=path, row=row, field=fld)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One CSV
+# ------------------------------------------------------------------------------------------------------------
+def read_fov_csv(path: str | os.PathLike[str], *, image_shape: tuple[int, int] | None = None,
+                 tolerance_px: int = 1) -> tuple[Nucleus, ...]:
+    """Read and validate one per-FOV annotation CSV.
+
+    Parameters
+    ----------
+    path : path-like
+    image_shape : (height, width), optional
+        When given, boxes must lie inside the image (within ``tolerance_px``).
+    tolerance_px : int
+        How far (pixels) a box may lie past the image edge, and may differ from its boundary's extent.
+
+    Returns
+    -------
+    tuple of Nucleus, in file order.
+
+    Raises
+    ------
+    NuclsFormatError
+        Naming the file, the 0-based data row and the field of the first problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NuclsFormatError("file not found", path=path) from None
+    except UnicodeDecodeError as e:
+        raise NuclsFormatError(f"not UTF-8 text ({e.reason})", path=path) from None
+    reader = csv.reader(_io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise NuclsFormatError("empty file: no header row", path=path) from None
+    except csv.Error as e:
+        raise NuclsFormatError(f"malformed CSV ({e})", path=path) from None
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise NuclsFormatError(f"missing column(s) {', '.join(missing)}; header is {header}", path=path,
+                               field=missing[0])
+    idx = {c: header.index(c) for c in CSV_COLUMNS}
+    nuclei = []
+    row = -1
+    try:
+        for row, values in enumerate(reader):
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise NuclsFormatError(f"has {len(values)} fields but the header has {len(header)}",
+                                       path=path, row=row)
+            get = {c: values[i] for c, i in idx.items()}
+            box = [_parse_int(get[c], path=path, row=row, fld=c) for c in _INT_FIELDS]
+            n = Nucleus(
+                get["raw_classification"].strip(), get["main_classification"].strip(),
+                get["super_classification"].strip(), get["type"].strip(), *box,
+                _parse_coords(get["coords_x"], path=path, row=row, fld="coords_x"),
+                _parse_coords(get["coords_y"], path=path, row=row, fld="coords_y"),
+            )
+            _check_nucleus(n, path=path, row=row, image_shape=image_shape, tolerance_px=tolerance_px)
+            nuclei.append(n)
+    except csv.Error as e:
+        raise NuclsFormatError(f"malformed CSV ({e})", path=path, row=row + 1) from None
+    return tuple(nuclei)
+
+
+def _csv_text(nuclei: Iterable[Nucleus]) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("",) + CSV_COLUMNS)
+    for i, n in enumerate(nuclei):
+        w.writerow((i, n.raw_classification, n.main_classification, n.super_classification, n.type,
+                    n.xmin, n.ymin, n.xmax, n.ymax,
+                    ",".join(map(str, n.coords_x)), ",".join(map(str, n.coords_y))))
+    return buf.getvalue()
+
+
+def write_fov_csv(nuclei: Iterable[Nucleus], path: str | os.PathLike[str]) -> None:
+    """Write one per-FOV CSV in the official column order (atomically)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(_csv_text(nuclei), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A dataset folder
+# ------------------------------------------------------------------------------------------------------------
+def _image_shape(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.mode not in ("RGB", "RGBA", "P", "L"):
+                raise NuclsFormatError(f"unexpected image mode {im.mode!r}; expected RGB", path=path)
+    except FileNotFoundError:
+        raise NuclsFormatError("image not found", path=path) from None
+    except (OSError, SyntaxError) as e:
+        raise NuclsFormatError(f"not a readable image ({e})", path=path) from None
+    return (h, w)
+
+
+def read_fov_locations(path: str | os.PathLike[str]) -> dict[str, tuple[int, int, int, int]]:
+    """Read ``ALL_FOV_LOCATIONS.csv``: fovname -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)``."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise NuclsFormatError(f"malformed CSV ({e})", path=path) from None
+    need = ["fovname", "xmin", "ymin", "xmax", "ymax"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise NuclsFormatError(f"missing column(s) {', '.join(missing)}", path=path, field=missing[0])
+    out = {}
+    for row, rec in enumerate(df[need].itertuples(index=False)):
+        vals = []
+        for fld, v in zip(need[1:], rec[1:], strict=True):
+            vals.append(_parse_int(str(v), path=path, row=row, fld=fld))
+        out[str(rec[0])] = tuple(vals)
+    return out
+
+
+def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
+                 fov_rects: Mapping[str, tuple[int, int, int, int]] | None = None) -> list[FovRecord]:
+    """Read a single-rater dataset folder into :class:`FovRecord` objects, sorted by FOV name.
+
+    Parameters
+    ----------
+    root : path-like
+        A folder with ``csv/`` and ``rgb/`` (the official layout).
+    tolerance_px : int
+        See :func:`read_fov_csv`.
+    fov_rects : mapping, optional
+        Intended FOV rectangles by FOV name (e.g. from the core-set metadata). When absent, they come from
+        ``<root>/ALL_FOV_LOCATIONS.csv`` if that file exists, else stay ``None``.
+
+    Raises
+    ------
+    NuclsFormatError
+        Wrong folder layout, a CSV without its image (or the reverse), a bad FOV name, or any bad CSV row.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NuclsFormatError("dataset folder not found", path=root)
+    csv_dir, rgb_dir = root / "csv", root / "rgb"
+    for d in (csv_dir, rgb_dir):
+        if not d.is_dir():
+            present = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise NuclsFormatError(
+                f"wrong folder layout: no '{d.name}/' folder (found {present or 'no folders'}); a NuCLS dataset "
+                "holds rgb/, csv/ and optionally mask/", path=root)
+    csvs = {p.stem: p for p in csv_dir.glob("*.csv")}
+    pngs = {p.stem: p for p in rgb_dir.glob("*.png")}
+    if not csvs:
+        raise NuclsFormatError("no CSV files in csv/", path=csv_dir)
+    for name in sorted(csvs):
+        if name not in pngs:
+            raise NuclsFormatError(f"missing image: no rgb/{name}.png for this CSV", path=csvs[name])
+    for name in sorted(pngs):
+        if name not in csvs:
+            raise NuclsFormatError(f"missing annotations: no csv/{name}.csv for this image", path=pngs[name])
+    if fov_rects is None and (root / "ALL_FOV_LOCATIONS.csv").exists():
+        fov_rects = read_fov_locations(root / "ALL_FOV_LOCATIONS.csv")
+    records = []
+    for name in sorted(csvs):
+        try:
+            parse_fov_name(name)
+        except NuclsFormatError as e:
+            raise NuclsFormatError(str(e).split(": ", 1)[-1], path=csvs[name]) from None
+        shape = _image_shape(pngs[name])
+        nuclei = read_fov_csv(csvs[name], image_shape=shape, tolerance_px=tolerance_px)
+        rect = None if fov_rects is None else fov_rects.get(name)
+        records.append(FovRecord(name, shape, nuclei, None if rect is None else tuple(map(int, rect)),
+                                 rgb_path=pngs[name]))
+    return records
+
+
+def write_dataset(records: Sequence[FovRecord], root: str | os.PathLike[str], *,
+                  images: Mapping[str, np.ndarray] | None = None, masks: bool = True,
+                  overwrite: bool = False, tolerance_px: int = 1) -> Path:
+    """Write records as a single-rater dataset folder (``rgb/``, ``csv/``, ``mask/``).
+
+    Everything is validated first and written into a temporary folder that is renamed onto ``root`` only when
+    complete, so a failure leaves no half-written dataset.
+
+    Parameters
+    ----------
+    records : sequence of FovRecord
+    root : path-like
+        The dataset folder to create.
+    images : mapping fovname -> (H, W, 3) uint8 ndarray, optional
+        RGB images; records not in it must have ``rgb_path`` set (the file is copied).
+    masks : bool
+        Also rasterise and write ``mask/<fovname>.png`` (official encoding, see :mod:`nucls_utils.io.masks`).
+    overwrite : bool
+        Replace an existing ``root``.
+    """
+    from .masks import encode_mask, rasterize_instances, write_mask_png
+
+    images = images or {}
+    names = [r.name for r in records]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[0]
+        raise NuclsFormatError("duplicate FOV name in records", path=dup)
+    for r in records:
+        parse_fov_name(r.name)
+        for i, n in enumerate(r.nuclei):
+            _check_nucleus(n, path=f"csv/{r.name}.csv", row=i, image_shape=r.image_shape,
+                           tolerance_px=tolerance_px)
+        if r.name in images:
+            img = np.asarray(images[r.name])
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(r.image_shape):
+                raise NuclsFormatError(
+                    f"image must be a ({r.image_shape[0]}, {r.image_shape[1]}, 3) uint8 array, got "
+                    f"{img.shape} {img.dtype}", path=f"rgb/{r.name}.png")
+        elif r.rgb_path is None or not Path(r.rgb_path).exists():
+            raise NuclsFormatError("missing image: no array given and no readable rgb_path",
+                                   path=f"rgb/{r.name}.png")
+    with atomic_dir(root, overwrite=overwrite) as tmp:
+        for sub in ("rgb", "csv") + (("mask",) if masks else ()):
+            (tmp / sub).mkdir()
+        rects = {}
+        for r in records:
+            if r.name in images:
+                Image.fromarray(np.asarray(images[r.name])).save(tmp / "rgb" / f"{r.name}.png")
+            else:
+                shutil.copyfile(r.rgb_path, tmp / "rgb" / f"{r.name}.png")
+            (tmp / "csv" / f"{r.name}.csv").write_text(_csv_text(r.nuclei), encoding="utf-8")
+            if masks:
+                inst = rasterize_instances(r.nuclei, r.image_shape)
+                codes = [tx.gt_code(n.raw_classification) for n in r.nuclei]
+                write_mask_png(encode_mask(inst, codes, fov_rect=r.fov_rect), tmp / "mask" / f"{r.name}.png")
+            if r.fov_rect is not None:
+                rects[r.name] = r.fov_rect
+        if rects:
+            pd.DataFrame([(k, *v) for k, v in rects.items()],
+                         columns=["fovname", "xmin", "ymin", "xmax", "ymax"]).to_csv(
+                tmp / "ALL_FOV_LOCATIONS.csv", index=False)
+    return Path(root)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tidy frames
+# ------------------------------------------------------------------------------------------------------------
+def annotations_frame(records: Iterable[FovRecord]) -> pd.DataFrame:
+    """One row per nucleus: FOV, slide, hospital, classes at every level, type, box, size and area (pixels).
+
+    ``main_class`` and ``super_class`` are derived from the raw class with the taxonomy (apoptotic bodies are
+    AMBIGUOUS), whatever spelling the CSV used (see :data:`nucls_utils.taxonomy.RELEASE_CSV_ALIASES`).
+    """
+    rows = []
+    for r in records:
+        fov = r.fov
+        for i, n in enumerate(r.nuclei):
+            rows.append((r.name, fov.slide, hospital_of(fov.slide), i, n.raw_class,
+                         tx.is_correction(n.raw_classification), tx.to_main(n.raw_class), tx.to_super(n.raw_class),
+                         n.type, n.xmin, n.ymin, n.xmax, n.ymax, n.area))
+    df = pd.DataFrame(rows, columns=["fovname", "slide_name", "hospital", "nucleus_index", "raw_class",
+                                     "is_correction", "main_class", "super_class", "type",
+                                     "xmin", "ymin", "xmax", "ymax", "area_px"])
+    df["width"] = df["xmax"] - df["xmin"]
+    df["height"] = df["ymax"] - df["ymin"]
+    return df
+
+
+def fovs_frame(records: Iterable[FovRecord]) -> pd.DataFrame:
+    """One row per FOV: name, slide, hospital, image size, intended FOV rectangle (or NaN), nucleus count."""
+    rows = []
+    for r in records:
+        rect = r.fov_rect if r.fov_rect is not None else (np.nan,) * 4
+        rows.append((r.name, r.slide, r.hospital, r.image_shape[0], r.image_shape[1], *rect, len(r.nuclei)))
+    return pd.DataFrame(rows, columns=["fovname", "slide_name", "hospital", "height", "width",
+                                       "fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax", "n_nuclei"])
