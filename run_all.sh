@@ -147,7 +147,7 @@ for nb in "${NOTEBOOKS[@]}"; do
         --kernel "$KERNEL" --cwd "$ROOT/notebooks" --progress-bar \
         -p data_dir "$DATA" -p profile "$PROFILE" -p seed "$SEED" \
         -p results_dir "$OUT/results" -p figures_dir "$OUT/figures" -p tables_dir "$OUT/tables" \
-        -p core_metadata "$METADATA" 2> "$OUT/supplement/${nb%.ipynb}.log"
+        -p core_metadata "${METADATA:-auto}" 2> "$OUT/supplement/${nb%.ipynb}.log"
     rc=$?
     set -e
     t1=$(date +%s)

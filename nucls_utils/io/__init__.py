@@ -7,6 +7,7 @@ from .dataset import (
     FovRecord,
     Nucleus,
     annotations_frame,
+    convert_dataset,
     fovs_frame,
     read_dataset,
     read_fov_csv,
@@ -26,13 +27,20 @@ from .folds import (
     hospital_kfold,
     paper_folds,
 )
-from .masks import decode_mask, encode_mask, nucleus_pixels, rasterize_instances, read_mask_png, write_mask_png
-from .metadata import read_core_metadata
+from .masks import (
+    decode_mask,
+    encode_mask,
+    nucleus_pixels,
+    rasterize_instances,
+    read_mask_png,
+    write_mask_png,
+)
+from .metadata import CORE_METADATA_NAME, find_core_metadata, fov_rectangles, read_core_metadata
 from .naming import FovName, format_fov_name, hospital_of, parse_fov_name, slide_of
 
 __all__ = [
-    "ANNOTATION_TYPES", "CSV_COLUMNS", "FovName", "FovRecord", "Nucleus", "NuclsFormatError", "PAPER_FOLDS",
-    "PAPER_FOLD_N_FOVS", "PAPER_TABLE1_N", "annotations_frame", "atomic_dir", "atomic_path", "decode_mask",
+    "ANNOTATION_TYPES", "CORE_METADATA_NAME", "CSV_COLUMNS", "find_core_metadata", "fov_rectangles", "FovName", "FovRecord", "Nucleus", "NuclsFormatError", "PAPER_FOLDS",
+    "PAPER_FOLD_N_FOVS", "PAPER_TABLE1_N", "annotations_frame", "atomic_dir", "convert_dataset", "atomic_path", "decode_mask",
     "detection_mask", "detection_n", "encode_mask", "fold_slides", "fold_table", "format_fov_name", "fovs_frame",
     "hospital_kfold", "hospital_of", "nucleus_pixels", "paper_folds", "parse_fov_name", "rasterize_instances",
     "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",

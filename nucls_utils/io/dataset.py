@@ -48,6 +48,7 @@ __all__ = [
     "read_fov_locations",
     "annotations_frame",
     "fovs_frame",
+    "convert_dataset",
 ]
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -94,7 +95,7 @@ class Nucleus:
         if self.is_polygon and len(self.coords_x) >= 3:
             x = np.asarray(self.coords_x, dtype=float)
             y = np.asarray(self.coords_y, dtype=float)
-            return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+            return float(abs(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]) + x[-1] * y[0] - y[-1] * x[0]) / 2.0)
         return float((self.xmax - self.xmin) * (self.ymax - self.ymin))
 
     @classmethod
@@ -487,3 +488,16 @@ def fovs_frame(records: Iterable[FovRecord]) -> pd.DataFrame:
         rows.append((r.name, r.slide, r.hospital, r.image_shape[0], r.image_shape[1], *rect, len(r.nuclei)))
     return pd.DataFrame(rows, columns=["fovname", "slide_name", "hospital", "height", "width",
                                        "fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax", "n_nuclei"])
+
+
+def convert_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                    fov_rects: Mapping[str, tuple[int, int, int, int]] | None = None, overwrite: bool = False,
+                    tolerance_px: int = 1) -> list[FovRecord]:
+    """Validate a dataset folder and write a normalised copy with rasterised ``mask/`` PNGs.
+
+    Any bad input raises :class:`NuclsFormatError` before ``dst`` exists; ``dst`` appears only complete.
+    Returns the records read from ``src``.
+    """
+    records = read_dataset(src, tolerance_px=tolerance_px, fov_rects=fov_rects)
+    write_dataset(records, dst, masks=True, overwrite=overwrite, tolerance_px=tolerance_px)
+    return records

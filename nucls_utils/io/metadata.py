@@ -14,7 +14,9 @@ from .. import taxonomy as tx
 from .errors import NuclsFormatError
 from .naming import hospital_of
 
-__all__ = ["read_core_metadata"]
+__all__ = ["read_core_metadata", "find_core_metadata", "fov_rectangles", "CORE_METADATA_NAME"]
+
+CORE_METADATA_NAME = "nucls_core_metadata.sqlite"
 
 _FOV_COLUMNS = ("fov_id", "fovname", "slide_name", "xmin", "ymin", "xmax", "ymax")
 _ANN_COLUMNS = ("fov_id", "group", "type", "xmin", "ymin", "xmax", "ymax")
@@ -116,3 +118,31 @@ def read_core_metadata(path: str | os.PathLike[str], *, drop_duplicate_fovs: boo
     fov = fov[["fov_id", "fovname", "slide_name", "hospital", "fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax",
                "n_nuclei", "is_duplicate_name"]]
     return fov.reset_index(drop=True), out.reset_index(drop=True)
+
+
+def find_core_metadata(spec: str | None, data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """Resolve a ``core_metadata`` parameter.
+
+    ``'none'`` -> ``None``; ``'auto'`` or empty -> ``<data_dir>/nucls_core_metadata.sqlite`` or the same name in
+    ``data_dir``'s parent, if either exists, else ``None``; anything else is a path that must exist.
+    """
+    if spec is not None and spec.strip().lower() == "none":
+        return None
+    if spec in (None, "", "auto"):
+        if data_dir is None:
+            return None
+        for folder in (Path(data_dir), Path(data_dir).parent):
+            if (folder / CORE_METADATA_NAME).is_file():
+                return (folder / CORE_METADATA_NAME).resolve()
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise NuclsFormatError("core-set metadata sqlite not found", path=path)
+    return path.resolve()
+
+
+def fov_rectangles(fovs: pd.DataFrame) -> dict[str, tuple[int, int, int, int]]:
+    """FOV name -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)`` from a metadata ``fovs`` frame."""
+    f = fovs.dropna(subset=["fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax"]).drop_duplicates("fovname")
+    return {r.fovname: (int(r.fov_xmin), int(r.fov_ymin), int(r.fov_xmax), int(r.fov_ymax))
+            for r in f.itertuples(index=False)}

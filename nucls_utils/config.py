@@ -1,0 +1,165 @@
+"""Paths, data modes, compute profiles and the run manifest.
+
+Every notebook starts with :func:`start_run`, which resolves the data mode and profile, prints the run header
+(profile, device, package versions, git commit) and writes ``run_manifest.json`` next to the stage's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "MICRONS_PER_PIXEL", "Profile", "PROFILES", "get_profile", "DataSource", "resolve_data",
+           "RunContext", "start_run", "package_versions", "git_commit"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Resolution of every NuCLS image and coordinate (microns per pixel).
+MICRONS_PER_PIXEL = 0.2
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A compute budget. Later stages add their own knobs here (cohort size, training schedule)."""
+
+    name: str
+    description: str
+    expects_gpu: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "tiny cohort and few iterations: the whole run in minutes; used by tests and CI"),
+    "cpu": Profile("cpu", "sized for a 2-core CPU: run_all well under an hour, every effect of the paper visible"),
+    "paper": Profile("paper", "the paper's hyperparameters (Table S7); meant for a GPU", expects_gpu=True),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The :class:`Profile` called ``name``."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's data comes from.
+
+    ``mode`` is ``'nucls'`` (a dataset in the official layout at ``path``) or ``'synthetic'`` (the embedded
+    cohort). ``name`` keys the results folder: ``results/<name>/<stage>/``.
+    """
+
+    mode: str
+    path: Path | None
+    name: str
+
+
+def resolve_data(data_dir: str | os.PathLike[str] | None, profile: str = "cpu") -> DataSource:
+    """Resolve the ``data_dir`` notebook parameter.
+
+    An empty value selects the synthetic cohort. The synthetic cohort is a later stage of the project; until it
+    exists this raises a clear error instead of substituting other data.
+    """
+    if data_dir in (None, ""):
+        raise FileNotFoundError(
+            "no data_dir given and the embedded synthetic cohort is not implemented yet; pass the path of a "
+            "dataset in the official NuCLS layout (run_all.sh --data PATH)")
+    path = Path(data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data_dir {path} does not exist or is not a folder")
+    return DataSource("nucls", path, path.name)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages the study depends on (those installed)."""
+    names = ["numpy", "scipy", "pandas", "scikit-image", "scikit-learn", "torch", "torchvision", "histomicstk",
+             "matplotlib", "seaborn", "umap-learn", "krippendorff", "papermill"]
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The checked-out commit (with ``-dirty`` when the tree has changes), or ``'unknown'``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda ({torch.cuda.get_device_name(0)})"
+    except Exception:  # noqa: BLE001 - torch missing or broken: report CPU
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+@dataclass
+class RunContext:
+    """Resolved settings of one notebook run; ``stage_dir`` is where its tidy tables go."""
+
+    stage: str
+    profile: Profile
+    seed: int
+    data: DataSource
+    results_dir: Path
+    figures_dir: Path
+    tables_dir: Path
+    stage_dir: Path
+    device: str
+    commit: str
+    versions: dict
+
+    def manifest(self) -> dict:
+        d = asdict(self)
+        for k in ("results_dir", "figures_dir", "tables_dir", "stage_dir"):
+            d[k] = str(d[k])
+        d["data"] = {"mode": self.data.mode, "path": str(self.data.path), "name": self.data.name}
+        return d
+
+
+def start_run(stage: str, *, data_dir: str | None, profile: str, seed: int, results_dir: str | None = None,
+              figures_dir: str | None = None, tables_dir: str | None = None, verbose: bool = True) -> RunContext:
+    """Resolve a notebook's parameters, create its output folders, print and save the run header."""
+    prof = get_profile(profile)
+    data = resolve_data(data_dir, profile)
+    results = Path(results_dir) if results_dir else REPO_ROOT / "results"
+    figures = Path(figures_dir) if figures_dir else REPO_ROOT / "figures"
+    tables = Path(tables_dir) if tables_dir else REPO_ROOT / "tables"
+    stage_dir = results / data.name / stage
+    for d in (stage_dir, figures, tables):
+        d.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(stage, prof, int(seed), data, results, figures, tables, stage_dir, _device(), git_commit(),
+                     package_versions())
+    (stage_dir / "run_manifest.json").write_text(json.dumps(ctx.manifest(), indent=2, default=str))
+    if verbose:
+        print(f"stage    : {stage}")
+        print(f"profile  : {prof.name} ({prof.description})")
+        print(f"data     : {data.mode} - {data.path}")
+        print(f"seed     : {seed}")
+        print(f"device   : {ctx.device}")
+        print(f"commit   : {ctx.commit}")
+        print("versions : " + ", ".join(f"{k} {v}" for k, v in ctx.versions.items()))
+        print(f"outputs  : {stage_dir} | {figures} | {tables}")
+        if prof.expects_gpu and not ctx.device.startswith("cuda"):
+            print(f"warning  : profile {prof.name!r} is meant for a GPU but none is available", file=sys.stderr)
+    return ctx

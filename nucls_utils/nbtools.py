@@ -1,0 +1,91 @@
+"""Notebook helpers for run_all.sh and the tests: describe a failed papermill run, inspect parameters cells.
+
+Command line: ``python -m nucls_utils.nbtools describe-failure EXECUTED.ipynb [STDERR.log]``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["failing_cell", "parameters_cell", "parameter_names", "describe_failure"]
+
+
+def _load(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def failing_cell(nb_path: str | Path) -> dict | None:
+    """The first code cell of an executed notebook whose outputs hold an error, or ``None``.
+
+    Returns a dict with ``index`` (0-based among all cells), ``execution_count``, ``source``, ``ename``, ``evalue``.
+    """
+    nb = _load(nb_path)
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                src = cell.get("source", "")
+                return {"index": i, "execution_count": cell.get("execution_count"),
+                        "source": "".join(src) if isinstance(src, list) else src,
+                        "ename": out.get("ename", ""), "evalue": out.get("evalue", "")}
+    return None
+
+
+def describe_failure(nb_path: str | Path, log_path: str | Path | None = None) -> str:
+    """Human-readable account of why a notebook run failed."""
+    lines = [f"executed notebook (with the error): {nb_path}"]
+    cell = None
+    if Path(nb_path).exists():
+        cell = failing_cell(nb_path)
+    if cell is not None:
+        head = "\n".join("    " + ln for ln in cell["source"].strip().splitlines()[:8])
+        lines += [f"failing cell: #{cell['index']} (In [{cell['execution_count']}])", head,
+                  f"error: {cell['ename']}: {cell['evalue']}"]
+    elif log_path is not None and Path(log_path).exists():
+        text = Path(log_path).read_text(errors="replace")
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        lines += ["papermill did not reach a cell; its log ends with:", tail]
+    if log_path is not None:
+        lines.append(f"full log: {log_path}")
+    return "\n".join(lines)
+
+
+def parameters_cell(nb_path: str | Path) -> tuple[int, str] | None:
+    """``(index, source)`` of the cell tagged ``parameters``, or ``None``."""
+    nb = _load(nb_path)
+    for i, cell in enumerate(nb.get("cells", [])):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell.get("source", "")
+            return i, "".join(src) if isinstance(src, list) else src
+    return None
+
+
+def parameter_names(source: str) -> list[str]:
+    """Names assigned in a parameters cell; raises ValueError unless every statement is ``name = literal``."""
+    names = []
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign | ast.AnnAssign)):
+            raise ValueError(f"parameters cell may only assign literals; found {ast.dump(node)[:60]}")
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        if not isinstance(target, ast.Name):
+            raise ValueError("parameters cell may only assign plain names")
+        ast.literal_eval(node.value)
+        names.append(target.id)
+    return names
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "describe-failure":
+        print(describe_failure(argv[1], argv[2] if len(argv) > 2 else None))
+        return 0
+    print(re.sub(r"\n\s+", "\n", __doc__ or ""), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

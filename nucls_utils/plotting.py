@@ -1,0 +1,121 @@
+"""One figure style; ``save_figure(fig, name)`` writes PNG + PDF into ``figures/``, named after the paper."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import taxonomy as tx
+from .io.atomic import atomic_path
+from .summary import COCO_REFERENCE, COCO_SIZE_BINS_PX
+
+__all__ = ["set_style", "save_figure", "plot_instances_and_sizes", "plot_class_by_fold", "plot_class_counts"]
+
+
+def set_style() -> None:
+    """The study's plotting style (white background, readable fonts, no top/right spines)."""
+    plt.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 200, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+        "pdf.fonttype": 42, "savefig.bbox": "tight",
+    })
+
+
+def save_figure(fig: plt.Figure, name: str, figures_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` atomically; return both paths."""
+    figures_dir = Path(figures_dir)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = figures_dir / f"{name}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def plot_instances_and_sizes(per_fov: pd.Series, sizes: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Figure S9-style panels: (a) nuclei per FOV, (b) nucleus size as percent of FOV area, (c) area in px.
+
+    COCO's published values are drawn as reference lines/annotations (quoted, not recomputed).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    bins = np.arange(0, max(int(per_fov.max()) + 2, 10), max(1, int(per_fov.max()) // 30 or 1))
+    ax.hist(per_fov, bins=bins, color="#1f5fd1", alpha=0.85)
+    ax.axvline(per_fov.mean(), color="k", lw=1)
+    ax.text(per_fov.mean(), ax.get_ylim()[1] * 0.95, f" mean {per_fov.mean():.1f}", va="top", fontsize=9)
+    ref = COCO_REFERENCE["instances_per_image_mean"]
+    ax.set_title("a. Instances per image (FOV)")
+    ax.set_xlabel("nuclei per FOV")
+    ax.set_ylabel("FOVs")
+    ax.text(0.98, 0.6, "mean instances per image\n" + "\n".join(f"{k}: {v}" for k, v in ref.items()),
+            transform=ax.transAxes, ha="right", fontsize=8, color="#555555")
+    ax = axes[1]
+    pct = sizes["percent_of_fov"].clip(upper=sizes["percent_of_fov"].quantile(0.999))
+    ax.hist(pct, bins=60, color="#e41a1c", alpha=0.85)
+    ax.set_title("b. Object size (percent of FOV area)")
+    ax.set_xlabel("nucleus area / FOV area (%)")
+    ax.set_ylabel("nuclei")
+    ax.text(0.98, 0.9, f"median {sizes['percent_of_fov'].median():.2f} %", transform=ax.transAxes, ha="right",
+            fontsize=9)
+    ax = axes[2]
+    for cls in [c for c in tx.SUPER_CLASSES if c in set(sizes["super_class"])]:
+        sub = sizes[sizes["super_class"] == cls]
+        ax.hist(sub["area_px"], bins=np.linspace(0, sizes["area_px"].quantile(0.995), 50), histtype="step",
+                lw=1.5, label=cls, color=tx.SUPER_COLORS.get(cls, "k"))
+    for b in COCO_SIZE_BINS_PX:
+        ax.axvline(b, color="#777777", ls="--", lw=1)
+    ax.set_title("c. Nucleus area by super-class")
+    ax.set_xlabel("area (px at 0.2 microns/px); dashed: COCO 32^2, 96^2")
+    ax.set_ylabel("nuclei")
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_counts(counts: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Horizontal bars of nuclei per class, one panel per level (raw, main, super)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.3, 1.1, 0.8]})
+    for ax, level in zip(axes, ("raw", "main", "super"), strict=True):
+        sub = counts[counts["level"] == level]
+        cmap = tx.colors(level)
+        ax.barh(sub["class"], sub["n"], color=[cmap.get(c, "k") for c in sub["class"]])
+        ax.invert_yaxis()
+        ax.set_title(f"{level} classes")
+        ax.set_xlabel("nuclei")
+        for y, (n, p) in enumerate(zip(sub["n"], sub["percent"], strict=True)):
+            ax.text(n, y, f" {p:.1f}%", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_by_fold(by_fold: pd.DataFrame, level: str = "super", title: str = "") -> plt.Figure:
+    """Stacked bars of the class mix of each test fold (percent within fold), counts printed above."""
+    tab = by_fold.pivot(index="fold", columns="class", values="percent")
+    order = [c for c in {"raw": tx.RAW_CLASSES, "main": tx.MAIN_CLASSES, "super": tx.SUPER_CLASSES}[level]
+             if c in tab.columns]
+    tab = tab[order]
+    totals = by_fold.groupby("fold")["n"].sum()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    bottom = np.zeros(len(tab))
+    cmap = tx.colors(level)
+    for cls in order:
+        ax.bar(tab.index.astype(str), tab[cls], bottom=bottom, color=cmap.get(cls, "k"), label=cls)
+        bottom += tab[cls].to_numpy()
+    for x, k in enumerate(tab.index):
+        ax.text(x, 101, f"n={totals[k]}", ha="center", fontsize=8)
+    ax.set_ylim(0, 108)
+    ax.set_xlabel("test fold (1 = validation)")
+    ax.set_ylabel("nuclei (%)")
+    ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    ax.set_title(title or f"{level}-class mix by fold")
+    fig.tight_layout()
+    return fig

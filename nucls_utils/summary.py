@@ -1,0 +1,151 @@
+"""Dataset summaries for notebook 01: counts by class level, instances per FOV, object sizes, classes by fold.
+
+All functions take the tidy frames of :func:`nucls_utils.io.annotations_frame` / :func:`fovs_frame` (or
+:func:`nucls_utils.io.read_core_metadata`), so the same code summarises a dataset folder and the core-set
+metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import taxonomy as tx
+from .config import MICRONS_PER_PIXEL
+
+__all__ = ["COCO_REFERENCE", "COCO_SIZE_BINS_PX", "fov_areas", "dataset_summary", "class_counts",
+           "instances_per_fov", "object_sizes", "size_categories", "class_by_fold", "PAPER_DATASET_FACTS", "paper_vs_run"]
+
+#: Values quoted from the COCO paper (Lin et al. 2014, Fig. 5) and the COCO detection-evaluation page, for the
+#: Figure S9 comparison. They are quoted, not recomputed: COCO is not part of this study.
+COCO_REFERENCE = {
+    "instances_per_image_mean": {"COCO": 7.7, "ImageNet (detection)": 3.0, "PASCAL VOC": 2.3},
+    "size_share_percent": {"small": 41.0, "medium": 34.0, "large": 24.0},
+}
+#: COCO size categories by object area in pixels: small < 32^2 <= medium < 96^2 <= large.
+COCO_SIZE_BINS_PX = (32**2, 96**2)
+
+
+def fov_areas(fovs: pd.DataFrame) -> pd.Series:
+    """Area (px) of each FOV, indexed by fovname: the intended FOV rectangle if known, else the whole image."""
+    f = fovs.drop_duplicates("fovname").set_index("fovname")
+    area = (f["fov_xmax"] - f["fov_xmin"]) * (f["fov_ymax"] - f["fov_ymin"])
+    if {"width", "height"} <= set(f.columns):
+        area = area.fillna(f["width"] * f["height"])
+    return area.astype(float)
+
+
+def dataset_summary(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.DataFrame:
+    """Headline counts: slides, hospitals, FOVs, nuclei, share of polylines and corrections, nuclei per FOV."""
+    per_fov = instances_per_fov(annotations, fovs)
+    side_um = np.sqrt(fov_areas(fovs)) * MICRONS_PER_PIXEL
+    rows = [
+        ("hospitals", annotations["hospital"].nunique() if len(annotations) else fovs["hospital"].nunique()),
+        ("slides", fovs["slide_name"].nunique()),
+        ("FOVs", fovs["fovname"].nunique()),
+        ("nuclei", len(annotations)),
+        ("nuclei, non-ambiguous", int((annotations["super_class"] != tx.AMBIGUOUS).sum())),
+        ("polyline (traced boundary) share, %", 100 * float((annotations["type"] == "polyline").mean())),
+        ("rectangle (box) share, %", 100 * float((annotations["type"] == "rectangle").mean())),
+        ("point share, %", 100 * float((annotations["type"] == "point").mean())),
+        ("QC-corrected (correction_) share, %", 100 * float(annotations["is_correction"].mean())),
+        ("nuclei per FOV, mean", float(per_fov.mean())),
+        ("nuclei per FOV, median", float(per_fov.median())),
+        ("FOV side (sqrt of area), median microns", float(side_um.median())),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "value"])
+
+
+def class_counts(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Nuclei per class at every level (raw, main, super): ``level, class, n, percent``, taxonomy order."""
+    out = []
+    for level, col, order in (("raw", "raw_class", tx.RAW_CLASSES), ("main", "main_class", tx.MAIN_CLASSES),
+                              ("super", "super_class", tx.SUPER_CLASSES)):
+        counts = annotations[col].value_counts().reindex(list(order), fill_value=0)
+        total = max(int(counts.sum()), 1)
+        for cls, n in counts.items():
+            out.append((level, cls, int(n), 100.0 * n / total))
+    return pd.DataFrame(out, columns=["level", "class", "n", "percent"])
+
+
+def instances_per_fov(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.Series:
+    """Number of nuclei in each FOV (FOVs without nuclei count 0), indexed by fovname."""
+    names = fovs["fovname"].drop_duplicates()
+    return annotations.groupby("fovname").size().reindex(names, fill_value=0).rename("n_nuclei")
+
+
+def object_sizes(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.DataFrame:
+    """Per nucleus: area in px and microns^2, and percent of its FOV's area (COCO's 'percent of image size')."""
+    fa = fov_areas(fovs)
+    area = annotations["area_px"].astype(float)
+    return pd.DataFrame({
+        "fovname": annotations["fovname"],
+        "super_class": annotations["super_class"],
+        "area_px": area,
+        "area_um2": area * MICRONS_PER_PIXEL**2,
+        "percent_of_fov": 100.0 * area / annotations["fovname"].map(fa).to_numpy(),
+    })
+
+
+def size_categories(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Share of nuclei in COCO's size categories (small/medium/large by area in pixels at 0.2 microns/px)."""
+    area = annotations["area_px"].astype(float)
+    lo, hi = COCO_SIZE_BINS_PX
+    cats = pd.cut(area, [-np.inf, lo, hi, np.inf], right=False, labels=["small", "medium", "large"])
+    share = cats.value_counts(normalize=True).reindex(["small", "medium", "large"], fill_value=0) * 100
+    return pd.DataFrame({"category": share.index.astype(str), "nuclei_percent": share.to_numpy(),
+                         "COCO_percent": [COCO_REFERENCE["size_share_percent"][c] for c in share.index]})
+
+
+def class_by_fold(annotations: pd.DataFrame, assignment: pd.DataFrame, level: str = "super") -> pd.DataFrame:
+    """Nuclei per (test fold, class) at ``level``: ``fold, class, n, percent`` (percent within fold)."""
+    col = {"raw": "raw_class", "main": "main_class", "super": "super_class"}[level]
+    order = {"raw": tx.RAW_CLASSES, "main": tx.MAIN_CLASSES, "super": tx.SUPER_CLASSES}[level]
+    fold = annotations["slide_name"].map(assignment.set_index("slide_name")["fold"])
+    tab = pd.crosstab(fold, annotations[col]).reindex(columns=list(order), fill_value=0)
+    long = tab.stack().rename("n").reset_index()
+    long.columns = ["fold", "class", "n"]
+    long["percent"] = 100.0 * long["n"] / long.groupby("fold")["n"].transform("sum").clip(lower=1)
+    long["fold"] = long["fold"].astype(int)
+    return long
+
+
+#: Numbers the paper reports about the single-rater data (paper text; Table 1; Fig. 4b text).
+PAPER_DATASET_FACTS = {
+    "hospitals": (18, "TCGA institutions (paper, Introduction)"),
+    "slides / patients": (125, "one slide per patient; the public core set has 124 slides"),
+    "single-rater nuclei, corrected (core set)": (64000, "about half of the ~128,000 single-rater annotations"),
+    "polyline (clicked boundary) share, %": (36.6, "single-rater data (Results, Fig. 4b text)"),
+    "FOV side, microns": (65, "'~65 x 65 um field' (Definitions)"),
+}
+
+
+def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations: pd.DataFrame | None = None,
+                 core_fovs: pd.DataFrame | None = None, core_folds: pd.DataFrame | None = None,
+                 core_folds_dedup: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Paper numbers next to this run's: the dataset given, and the core-set metadata when available.
+
+    Returns ``quantity, paper, this_dataset, core_set, note``; cells that do not apply are NaN.
+    """
+    from .io.folds import PAPER_TABLE1_N
+
+    def stats(ann: pd.DataFrame, fv: pd.DataFrame) -> dict[str, float]:
+        return {
+            "hospitals": fv["hospital"].nunique(),
+            "slides / patients": fv["slide_name"].nunique(),
+            "single-rater nuclei, corrected (core set)": len(ann),
+            "polyline (clicked boundary) share, %": 100 * float((ann["type"] == "polyline").mean()),
+            "FOV side, microns": float((np.sqrt(fov_areas(fv)) * MICRONS_PER_PIXEL).median()),
+        }
+
+    ds = stats(annotations, fovs)
+    core = stats(core_annotations, core_fovs) if core_annotations is not None else {}
+    rows = [(q, p, ds[q], core.get(q, np.nan), note) for q, (p, note) in PAPER_DATASET_FACTS.items()]
+    for k, n in PAPER_TABLE1_N.items():
+        got = np.nan if core_folds is None else float(core_folds.set_index("fold").loc[k, "N_detection"])
+        note = "as stored"
+        if core_folds_dedup is not None:
+            dd = int(core_folds_dedup.set_index("fold").loc[k, "N_detection"])
+            note = f"as stored; {dd} without the duplicated FOVs"
+        rows.append((f"Table 1 N, fold {k}", n, np.nan, got, note))
+    return pd.DataFrame(rows, columns=["quantity", "paper", "this_dataset", "core_set", "note"])

@@ -1,0 +1,80 @@
+"""Hospital folds and Table 1's detection N on the real core-set metadata."""
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nucls_utils import io as nio
+
+
+def test_table1_detection_n_on_core_metadata(metadata_path):
+    fovs, ann = nio.read_core_metadata(metadata_path)
+    assert len(ann) == 59541 and fovs["slide_name"].nunique() == 124 and len(fovs) == 1746
+    assignment = nio.paper_folds(fovs["slide_name"].unique())
+    assert assignment.groupby("fold").size().to_dict() == {1: 22, 2: 27, 3: 32, 4: 25, 5: 18}
+    tab = nio.fold_table(ann, fovs, assignment, nio.PAPER_TABLE1_N).set_index("fold")
+    assert tab["N_detection"].to_dict() == {1: 6102, 2: 15486, 3: 12672, 4: 8260, 5: 7295}
+    for k in (1, 3, 4, 5):
+        assert tab.loc[k, "N_detection"] == nio.PAPER_TABLE1_N[k]
+    assert tab["n_fovs"].to_dict() == nio.PAPER_FOLD_N_FOVS
+
+
+def test_duplicate_fovs_explain_the_fold2_difference(metadata_path):
+    fovs, ann = nio.read_core_metadata(metadata_path, drop_duplicate_fovs=True)
+    assert len(fovs) == 1744 and fovs["fovname"].is_unique
+    tab = nio.fold_table(ann, fovs, nio.paper_folds(fovs["slide_name"].unique()), nio.PAPER_TABLE1_N)
+    assert tab["N_difference"].tolist() == [0, 0, 0, 0, 0]
+
+
+def test_detection_rule_matches_a_direct_count():
+    fovs = pd.DataFrame({"fovname": ["f"], "slide_name": ["TCGA-A1-X-DX1"], "hospital": ["A1"],
+                         "fov_xmin": [10], "fov_ymin": [10], "fov_xmax": [100], "fov_ymax": [100]})
+    boxes = [  # (raw class, xmin, ymin, xmax, ymax, counts?)
+        ("tumor", 20, 20, 40, 40, True),
+        ("tumor", 0, 20, 19, 40, True),      # clipped to 9 px wide -> counts
+        ("tumor", 0, 20, 18, 40, False),     # clipped to 8 px wide -> dropped (side must be > 8)
+        ("unlabeled", 20, 20, 40, 40, False),
+        ("apoptotic_body", 50, 50, 70, 70, False),
+        ("lymphocyte", 95, 95, 120, 120, False),  # 5 x 5 inside the FOV
+    ]
+    ann = pd.DataFrame([dict(fovname="f", slide_name="TCGA-A1-X-DX1", raw_class=c, xmin=a, ymin=b, xmax=x, ymax=y,
+                             super_class="AMBIGUOUS" if c in ("unlabeled", "apoptotic_body") else "tumor_any")
+                        for c, a, b, x, y, _ in boxes])
+    assert nio.detection_mask(ann, fovs).tolist() == [b[-1] for b in boxes]
+
+
+def test_paper_folds_reject_foreign_hospitals():
+    with pytest.raises(ValueError, match=r"hospital\(s\) \['ZZ'\] are not in the paper's folds"):
+        nio.paper_folds(["TCGA-A1-AAAA-DX1", "TCGA-ZZ-BBBB-DX1"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=5, max_size=25), seed=st.integers(0, 2**32 - 1),
+       n_folds=st.integers(2, 5))
+def test_hospital_kfold_properties(sizes, seed, n_folds):
+    slides = [f"TCGA-H{h:02d}-S{i:03d}-DX1" for h, n in enumerate(sizes) for i in range(n)]
+    a = nio.hospital_kfold(slides, n_folds=n_folds, seed=seed)
+    assert sorted(a["slide_name"]) == sorted(slides)
+    # no hospital is split across folds, every fold has a test set
+    assert (a.groupby("hospital")["fold"].nunique() == 1).all()
+    assert set(a["fold"]) == set(range(1, n_folds + 1))
+    # each fold holds exactly one of the n_folds largest hospitals (ties broken by name)
+    per = a.groupby("hospital").size()
+    big = sorted(per.index, key=lambda h: (-per[h], h))[:n_folds]
+    assert sorted(a[a["hospital"].isin(big)].groupby("fold")["hospital"].nunique()) == [1] * n_folds
+    # same seed -> same split
+    assert a.equals(nio.hospital_kfold(slides[::-1], n_folds=n_folds, seed=seed))
+    train, test = nio.fold_slides(a, 1)
+    assert not set(train) & set(test) and len(train) + len(test) == len(slides)
+
+
+def test_hospital_kfold_needs_enough_hospitals():
+    with pytest.raises(ValueError, match="2 hospital"):
+        nio.hospital_kfold(["TCGA-A1-X-DX1", "TCGA-A2-Y-DX1"], n_folds=5)
+
+
+def test_different_seeds_give_different_splits():
+    slides = [f"TCGA-H{h:02d}-S{i:03d}-DX1" for h in range(18) for i in range(1 + h % 7)]
+    splits = {tuple(nio.hospital_kfold(slides, seed=s)["fold"]) for s in range(5)}
+    assert len(splits) > 1

@@ -1,0 +1,102 @@
+"""Notebooks: clean sources, literal parameters cells, no logic; notebook 01 runs end to end through run_all.sh."""
+
+import ast
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nucls_utils import nbtools
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+REQUIRED_PARAMETERS = {"data_dir", "profile", "seed", "results_dir"}
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in NOTEBOOKS][:1] == ["01_data_prep.ipynb"]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_clean_and_thin(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
+    found = nbtools.parameters_cell(nb)
+    assert found is not None, "no cell tagged 'parameters'"
+    index, source = found
+    assert index == next(i for i, c in enumerate(cells) if c["cell_type"] == "code"), "parameters must come first"
+    assert REQUIRED_PARAMETERS <= set(nbtools.parameter_names(source))
+    for c in code:
+        tree = ast.parse("".join(c["source"]))
+        long_defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)
+                     and (n.end_lineno - n.lineno) > 5]
+        assert not long_defs, "logic belongs in nucls_utils, not in notebooks"
+
+
+def test_parameter_cell_rejects_code():
+    with pytest.raises(ValueError, match="only assign literals"):
+        nbtools.parameter_names("import os\ndata_dir = os.getcwd()")
+    assert nbtools.parameter_names('data_dir = ""\nseed = 0') == ["data_dir", "seed"]
+
+
+def _venv_python() -> Path:
+    return Path(os.environ.get("NUCLS_VENV", REPO / ".venv")) / "bin" / "python"
+
+
+def test_run_all_help_and_bad_options():
+    out = subprocess.run([str(REPO / "run_all.sh"), "--help"], capture_output=True, text=True, check=True)
+    for opt in ("--data", "--profile", "--only", "--help"):
+        assert opt in out.stdout
+    bad = subprocess.run([str(REPO / "run_all.sh"), "--profile", "huge"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--profile must be smoke, cpu or paper" in bad.stderr
+    bad = subprocess.run([str(REPO / "run_all.sh"), "--data", "/nonexistent/nucls"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_all_notebook_01_on_real_sample(sample_dir, metadata_path, tmp_path):
+    if not _venv_python().exists():
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+    out = tmp_path / "out"
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(sample_dir), "--metadata", str(metadata_path),
+                           "--only", "01", "--profile", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "01_data_prep.ipynb" in proc.stdout and "figures written:" in proc.stdout
+    for name in ("figS9_instances_and_sizes", "fig1a_class_counts", "fig6c_class_by_fold"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (out / "figures" / f"{name}.pdf").exists()
+        assert f"figures/{name}.png" in proc.stdout
+    folds = pd.read_csv(out / "tables" / "table1_folds_N.csv").set_index("fold")
+    assert folds["N_detection"].to_dict() == {1: 6102, 2: 15486, 3: 12672, 4: 8260, 5: 7295}
+    assert folds["N_detection_without_duplicate_fovs"].to_dict() == {1: 6102, 2: 15442, 3: 12672, 4: 8260, 5: 7295}
+    assert (out / "tables" / "nb01_paper_vs_run.md").read_text().count("Table 1 N, fold") == 5
+    ann = pd.read_csv(out / "results" / "nucls_sample" / "01_data_prep" / "annotations.csv")
+    assert len(ann) == 726
+    assert (out / "supplement" / "01_data_prep.ipynb").exists()
+    assert (out / "supplement" / "01_data_prep.html").stat().st_size > 100_000
+    assert nbtools.failing_cell(out / "supplement" / "01_data_prep.ipynb") is None
+
+
+@pytest.mark.slow
+def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
+    if not _venv_python().exists():
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+    broken = tmp_path / "broken"
+    (broken / "csv").mkdir(parents=True)
+    (broken / "rgb").mkdir()
+    csv = sorted((sample_dir / "csv").glob("*.csv"))[0]
+    (broken / "csv" / csv.name).write_text(csv.read_text().replace("lymphocyte", "lymphocite", 1))
+    (broken / "rgb" / f"{csv.stem}.png").write_bytes((sample_dir / "rgb" / f"{csv.stem}.png").read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(broken), "--only", "01", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1
+    assert "notebook 01_data_prep.ipynb FAILED" in proc.stderr
+    assert "failing cell: #" in proc.stderr
+    assert "unknown raw class 'lymphocite'" in proc.stderr
+    assert "summary" not in proc.stdout
