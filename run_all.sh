@@ -100,8 +100,7 @@ bootstrap_env() {
     # histomicstk comes in without its large-image[sources] extra, see pyproject.toml).
     echo "[env] installing requirements.lock (first time: several GB, a few minutes)"
     "${pip[@]}" install --no-deps --progress-bar off -r "$ROOT/requirements.lock"
-    "${pip[@]}" install --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1 \
-        || "${pip[@]}" install --no-deps -e "$ROOT"
+    "${pip[@]}" install --no-deps --quiet -e "$ROOT"
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL" --display-name "Python (NuCLS study)" >/dev/null
     "$VENV/bin/python" -c 'import nucls_utils, torch, torchvision, histomicstk.features, papermill' \
         || { echo "run_all.sh: the environment in $VENV does not import; delete it and re-run" >&2; exit 1; }

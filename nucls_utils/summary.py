@@ -148,4 +148,7 @@ def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations
             dd = int(core_folds_dedup.set_index("fold").loc[k, "N_detection"])
             note = f"as stored; {dd} without the duplicated FOVs"
         rows.append((f"Table 1 N, fold {k}", n, np.nan, got, note))
-    return pd.DataFrame(rows, columns=["quantity", "paper", "this_dataset", "core_set", "note"])
+    out = pd.DataFrame(rows, columns=["quantity", "paper", "this_dataset", "core_set", "note"])
+    for col in ("paper", "this_dataset", "core_set"):
+        out[col] = out[col].astype(float).round(1)
+    return out

@@ -19,7 +19,8 @@ def save_table(df: pd.DataFrame, name: str, tables_dir: str | os.PathLike[str], 
     csv_path, md_path = tables_dir / f"{name}.csv", tables_dir / f"{name}.md"
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=index)
-    md = df.to_markdown(index=index, floatfmt=floatfmt, missingval="")
+    shown = df.astype(object).where(df.notna(), None)  # NaN cells print empty, not 'nan'
+    md = shown.to_markdown(index=index, floatfmt=floatfmt, missingval="")
     if caption:
         md = f"**{name}.** {caption}\n\n{md}"
     with atomic_path(md_path) as tmp:
