@@ -1,6 +1,10 @@
 """Notebook helpers for run_all.sh and the tests: describe a failed papermill run, inspect parameters cells.
 
-Command line: ``python -m nucls_utils.nbtools describe-failure EXECUTED.ipynb [STDERR.log]``.
+Command line:
+
+* ``python -m nucls_utils.nbtools describe-failure EXECUTED.ipynb [STDERR.log]``
+* ``python -m nucls_utils.nbtools strip NOTEBOOK.ipynb ...`` - clear outputs, execution counts and papermill
+  metadata in place, so a notebook edited in JupyterLab can be committed clean.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["failing_cell", "parameters_cell", "parameter_names", "describe_failure"]
+__all__ = ["failing_cell", "parameters_cell", "parameter_names", "describe_failure", "strip_outputs"]
 
 
 def _load(path: str | Path) -> dict:
@@ -79,9 +83,37 @@ def parameter_names(source: str) -> list[str]:
     return names
 
 
+def strip_outputs(nb_path: str | Path) -> bool:
+    """Clear outputs, execution counts, papermill metadata and papermill's injected-parameters cell, in place.
+
+    Returns whether the file changed.
+    """
+    path = Path(nb_path)
+    before = path.read_text(encoding="utf-8")
+    nb = json.loads(before)
+    nb["cells"] = [c for c in nb.get("cells", [])
+                   if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    for key in ("papermill", "widgets"):
+        nb.get("metadata", {}).pop(key, None)
+    after = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if after != before:
+        path.write_text(after, encoding="utf-8")
+    return after != before
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "describe-failure":
         print(describe_failure(argv[1], argv[2] if len(argv) > 2 else None))
+        return 0
+    if len(argv) >= 2 and argv[0] == "strip":
+        for p in argv[1:]:
+            print(f"{p}: {'stripped' if strip_outputs(p) else 'already clean'}")
         return 0
     print(re.sub(r"\n\s+", "\n", __doc__ or ""), file=sys.stderr)
     return 2

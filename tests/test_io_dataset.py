@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from nucls_utils import io as nio
+from nucls_utils import taxonomy as tx
 
 
 def test_real_sample_loads(sample_dir):
@@ -41,6 +42,20 @@ def test_real_sample_round_trips(sample_dir, tmp_path):
     assert np.array_equal(records[0].read_rgb(), again[0].read_rgb())
     assert sorted(p.name for p in (tmp_path / "copy" / "mask").iterdir()) == sorted(
         f"{r.name}.png" for r in records)
+    # the written masks read back as the rasterised instances, with the GT codes of the classes
+    codes, inst = again[3].read_mask()
+    assert np.array_equal(inst, nio.rasterize_instances(again[3].nuclei, again[3].image_shape))
+    assert set(np.unique(codes)) <= {0} | {tx.gt_code(n.raw_classification) for n in again[3].nuclei}
+    with pytest.raises(nio.NuclsFormatError, match="no mask for this FOV"):
+        records[0].read_mask()
+
+
+def test_missing_mask_is_an_error(sample_dir, tmp_path):
+    records = nio.read_dataset(sample_dir)[:3]
+    nio.write_dataset(records, tmp_path / "copy")
+    (tmp_path / "copy" / "mask" / f"{records[1].name}.png").unlink()
+    with pytest.raises(nio.NuclsFormatError, match=rf"{records[1].name}.csv: missing mask: mask/ exists"):
+        nio.read_dataset(tmp_path / "copy")
 
 
 def test_fov_rectangles_round_trip(sample_dir, tmp_path):

@@ -79,7 +79,15 @@ def test_run_all_notebook_01_on_real_sample(sample_dir, metadata_path, tmp_path)
     assert len(ann) == 726
     assert (out / "supplement" / "01_data_prep.ipynb").exists()
     assert (out / "supplement" / "01_data_prep.html").stat().st_size > 100_000
-    assert nbtools.failing_cell(out / "supplement" / "01_data_prep.ipynb") is None
+    executed = out / "supplement" / "01_data_prep.ipynb"
+    assert nbtools.failing_cell(executed) is None
+    # stripping the executed copy gives back a clean notebook with the same cells as the source
+    assert nbtools.strip_outputs(executed)
+    src = json.loads((REPO / "notebooks" / "01_data_prep.ipynb").read_text())
+    got = json.loads(executed.read_text())
+    assert [c["source"] for c in got["cells"]] == [c["source"] for c in src["cells"]]
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in got["cells"] if c["cell_type"] == "code")
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ class FovRecord:
     nuclei: tuple[Nucleus, ...]
     fov_rect: tuple[int, int, int, int] | None = None  # (xmin, ymin, xmax, ymax) in RGB pixels
     rgb_path: Path | None = field(default=None, compare=False)
+    mask_path: Path | None = field(default=None, compare=False)
 
     @property
     def fov(self) -> FovName:
@@ -145,6 +146,24 @@ class FovRecord:
             raise FileNotFoundError(f"FOV {self.name} has no RGB file attached")
         with Image.open(self.rgb_path) as im:
             return np.asarray(im.convert("RGB"))
+
+    def read_mask(self) -> tuple[np.ndarray, np.ndarray]:
+        """The official mask of this FOV, decoded: ``(codes, instances)``, both ``(H, W) int32``.
+
+        Raises
+        ------
+        NuclsFormatError
+            If the dataset has no ``mask/<fovname>.png`` or its size differs from the RGB's.
+        """
+        from .masks import decode_mask, read_mask_png
+
+        if self.mask_path is None:
+            raise NuclsFormatError("no mask for this FOV (the dataset has no mask/ folder)", path=self.name)
+        mask = read_mask_png(self.mask_path)
+        if mask.shape[:2] != tuple(self.image_shape):
+            raise NuclsFormatError(f"mask is {mask.shape[1]} x {mask.shape[0]} px but the RGB is "
+                                   f"{self.image_shape[1]} x {self.image_shape[0]} px", path=self.mask_path)
+        return decode_mask(mask)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -344,7 +363,8 @@ def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
     Parameters
     ----------
     root : path-like
-        A folder with ``csv/`` and ``rgb/`` (the official layout).
+        A folder with ``csv/`` and ``rgb/`` (the official layout); when it also has ``mask/``, every FOV must have
+        its mask there (read lazily with :meth:`FovRecord.read_mask`).
     tolerance_px : int
         See :func:`read_fov_csv`.
     fov_rects : mapping, optional
@@ -376,6 +396,12 @@ def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
     for name in sorted(pngs):
         if name not in csvs:
             raise NuclsFormatError(f"missing annotations: no csv/{name}.csv for this image", path=pngs[name])
+    mask_dir = root / "mask"
+    masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
+    if mask_dir.is_dir():
+        for name in sorted(csvs):
+            if name not in masks:
+                raise NuclsFormatError(f"missing mask: mask/ exists but has no {name}.png", path=csvs[name])
     if fov_rects is None and (root / "ALL_FOV_LOCATIONS.csv").exists():
         fov_rects = read_fov_locations(root / "ALL_FOV_LOCATIONS.csv")
     records = []
@@ -388,7 +414,7 @@ def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
         nuclei = read_fov_csv(csvs[name], image_shape=shape, tolerance_px=tolerance_px)
         rect = None if fov_rects is None else fov_rects.get(name)
         records.append(FovRecord(name, shape, nuclei, None if rect is None else tuple(map(int, rect)),
-                                 rgb_path=pngs[name]))
+                                 rgb_path=pngs[name], mask_path=masks.get(name)))
     return records
 
 
