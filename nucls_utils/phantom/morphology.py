@@ -89,7 +89,7 @@ def _sd(cls: str, factor: float = 1.0) -> float:
 # close to it. The factors below were tuned by Monte Carlo (tests/test_phantom_calibration.py checks the outcome).
 KINDS: dict[str, NucleusKind] = {
     "tumor": NucleusKind("tumor", _size("tumor", 1.0), _sd("tumor", 0.92), (0.62, 0.95), irregularity=0.10,
-                         hema=0.55, chromatin="vesicular", nucleoli=2, cytoplasm=1.7, cytoplasm_eosin=0.32),
+                         hema=0.9, chromatin="vesicular", nucleoli=2, cytoplasm=1.7, cytoplasm_eosin=0.32),
     "mitotic_figure": NucleusKind("mitotic_figure", _size("mitotic_figure", 0.95), _sd("mitotic_figure", 0.75),
                                   (0.45, 0.9), irregularity=0.22, hema=1.25, chromatin="clumped",
                                   cytoplasm=1.6, cytoplasm_eosin=0.28),
@@ -103,10 +103,10 @@ KINDS: dict[str, NucleusKind] = {
                               cytoplasm_eosin=0.08),
     "plasma_cell": NucleusKind("plasma_cell", _size("plasma_cell", 1.0), _sd("plasma_cell", 0.97), (0.75, 0.95),
                                irregularity=0.04, hema=0.9, chromatin="clockface", cytoplasm=1.9,
-                               cytoplasm_eosin=0.45, eccentric=0.4, halo=True),
+                               cytoplasm_eosin=0.3, eccentric=0.4, halo=True),
     "macrophage": NucleusKind("macrophage", _size("macrophage", 1.06), _sd("macrophage", 0.9), (0.55, 0.8),
-                              irregularity=0.06, bean=0.28, hema=0.38, chromatin="pale", cytoplasm=2.0,
-                              cytoplasm_eosin=0.25),
+                              irregularity=0.06, bean=0.28, hema=0.5, chromatin="pale", cytoplasm=1.8,
+                              cytoplasm_eosin=0.13),
     "neutrophil": NucleusKind("neutrophil", _size("neutrophil", 0.98), _sd("neutrophil", 0.9), (0.75, 0.95),
                               irregularity=0.03, lobes=3, lobe_depth=0.38, hema=1.0, chromatin="dense",
                               cytoplasm=1.5, cytoplasm_eosin=0.18),
@@ -122,7 +122,7 @@ KINDS: dict[str, NucleusKind] = {
                                      _sd("ductal_epithelium", 0.95), (0.7, 0.92), irregularity=0.03, hema=0.7,
                                      chromatin="fine", cytoplasm=1.6, cytoplasm_eosin=0.3),
     "unlabeled": NucleusKind("unlabeled", _size("unlabeled", 0.99), _sd("unlabeled", 0.88), (0.45, 0.95),
-                             irregularity=0.2, hema=0.5, chromatin="smudged"),
+                             irregularity=0.2, hema=0.6, chromatin="smudged"),
 }
 
 
