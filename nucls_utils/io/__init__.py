@@ -12,8 +12,11 @@ from .dataset import (
     read_dataset,
     read_fov_csv,
     read_fov_locations,
+    validate_record,
     write_dataset,
     write_fov_csv,
+    write_fov_files,
+    write_fov_locations,
 )
 from .errors import NuclsFormatError
 from .folds import (
@@ -44,5 +47,5 @@ __all__ = [
     "detection_mask", "detection_n", "encode_mask", "fold_slides", "fold_table", "format_fov_name", "fovs_frame",
     "hospital_kfold", "hospital_of", "nucleus_pixels", "paper_folds", "parse_fov_name", "rasterize_instances",
     "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",
-    "write_dataset", "write_fov_csv", "write_mask_png",
+    "validate_record", "write_dataset", "write_fov_csv", "write_fov_files", "write_fov_locations", "write_mask_png",
 ]

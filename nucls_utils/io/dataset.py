@@ -49,6 +49,9 @@ __all__ = [
     "annotations_frame",
     "fovs_frame",
     "convert_dataset",
+    "write_fov_files",
+    "write_fov_locations",
+    "validate_record",
 ]
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -438,18 +441,13 @@ def write_dataset(records: Sequence[FovRecord], root: str | os.PathLike[str], *,
     overwrite : bool
         Replace an existing ``root``.
     """
-    from .masks import encode_mask, rasterize_instances, write_mask_png
-
     images = images or {}
     names = [r.name for r in records]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[0]
         raise NuclsFormatError("duplicate FOV name in records", path=dup)
     for r in records:
-        parse_fov_name(r.name)
-        for i, n in enumerate(r.nuclei):
-            _check_nucleus(n, path=f"csv/{r.name}.csv", row=i, image_shape=r.image_shape,
-                           tolerance_px=tolerance_px)
+        validate_record(r, tolerance_px=tolerance_px)
         if r.name in images:
             img = np.asarray(images[r.name])
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(r.image_shape):
@@ -462,24 +460,45 @@ def write_dataset(records: Sequence[FovRecord], root: str | os.PathLike[str], *,
     with atomic_dir(root, overwrite=overwrite) as tmp:
         for sub in ("rgb", "csv") + (("mask",) if masks else ()):
             (tmp / sub).mkdir()
-        rects = {}
         for r in records:
-            if r.name in images:
-                Image.fromarray(np.asarray(images[r.name])).save(tmp / "rgb" / f"{r.name}.png")
-            else:
-                shutil.copyfile(r.rgb_path, tmp / "rgb" / f"{r.name}.png")
-            (tmp / "csv" / f"{r.name}.csv").write_text(_csv_text(r.nuclei), encoding="utf-8")
-            if masks:
-                inst = rasterize_instances(r.nuclei, r.image_shape)
-                codes = [tx.gt_code(n.raw_classification) for n in r.nuclei]
-                write_mask_png(encode_mask(inst, codes, fov_rect=r.fov_rect), tmp / "mask" / f"{r.name}.png")
-            if r.fov_rect is not None:
-                rects[r.name] = r.fov_rect
-        if rects:
-            pd.DataFrame([(k, *v) for k, v in rects.items()],
-                         columns=["fovname", "xmin", "ymin", "xmax", "ymax"]).to_csv(
-                tmp / "ALL_FOV_LOCATIONS.csv", index=False)
+            write_fov_files(tmp, r, images.get(r.name), masks=masks)
+        write_fov_locations(tmp, records)
     return Path(root)
+
+
+def write_fov_files(root: Path, record: FovRecord, image: np.ndarray | None = None, *, masks: bool = True) -> None:
+    """Write one FOV's ``rgb/``, ``csv/`` (and ``mask/``) files into an existing dataset folder.
+
+    The RGB comes from ``image`` when given, else it is copied from ``record.rgb_path``. No validation: callers
+    validate first (see :func:`write_dataset`).
+    """
+    from .masks import encode_mask, rasterize_instances, write_mask_png
+
+    if image is not None:
+        Image.fromarray(np.asarray(image)).save(root / "rgb" / f"{record.name}.png")
+    else:
+        shutil.copyfile(record.rgb_path, root / "rgb" / f"{record.name}.png")
+    (root / "csv" / f"{record.name}.csv").write_text(_csv_text(record.nuclei), encoding="utf-8")
+    if masks:
+        inst = rasterize_instances(record.nuclei, record.image_shape)
+        codes = [tx.gt_code(n.raw_classification) for n in record.nuclei]
+        write_mask_png(encode_mask(inst, codes, fov_rect=record.fov_rect), root / "mask" / f"{record.name}.png")
+
+
+def write_fov_locations(root: Path, records: Iterable[FovRecord]) -> None:
+    """Write ``ALL_FOV_LOCATIONS.csv`` for the records that have an intended FOV rectangle."""
+    rects = [(r.name, *r.fov_rect) for r in records if r.fov_rect is not None]
+    if rects:
+        pd.DataFrame(rects, columns=["fovname", "xmin", "ymin", "xmax", "ymax"]).to_csv(
+            root / "ALL_FOV_LOCATIONS.csv", index=False)
+
+
+def validate_record(record: FovRecord, *, tolerance_px: int = 1) -> None:
+    """Check a record's name and every nucleus (classes, box inside the image); raise NuclsFormatError."""
+    parse_fov_name(record.name)
+    for i, n in enumerate(record.nuclei):
+        _check_nucleus(n, path=f"csv/{record.name}.csv", row=i, image_shape=record.image_shape,
+                       tolerance_px=tolerance_px)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ClassBoxStats", "CLASS_BOX_STATS", "NUCLEI_PER_FOV", "FOV_RECT_SIDE_PX", "POLYLINE_SHARE",
+           "HOSPITAL_SLIDE_COUNTS",
            "class_proportions", "derive_calibration"]
 
 
@@ -56,6 +57,8 @@ NUCLEI_PER_FOV = {"mean": 34.04, "median": 29.0, "sd": 19.78}
 FOV_RECT_SIDE_PX = {"median": 317.0, "q25": 316.0, "q75": 318.0}
 #: Share of nuclei with an approved boundary (polyline) rather than a drawn box.
 POLYLINE_SHARE = 0.331
+#: Slides per hospital in the core set, largest first (18 hospitals, 124 slides).
+HOSPITAL_SLIDE_COUNTS = (18, 15, 13, 12, 9, 8, 8, 7, 6, 6, 5, 5, 4, 2, 2, 2, 1, 1)
 
 
 def class_proportions() -> dict[str, float]:
@@ -68,7 +71,7 @@ def derive_calibration(sqlite_path: str | os.PathLike[str]) -> dict:
     """Recompute the constants of this module from the core-set metadata sqlite.
 
     Returns a dict with keys ``class_box_stats`` (raw class -> :class:`ClassBoxStats`, rounded as above),
-    ``nuclei_per_fov``, ``fov_rect_side_px`` and ``polyline_share``.
+    ``nuclei_per_fov``, ``fov_rect_side_px``, ``polyline_share`` and ``hospital_slide_counts``.
     """
     from ..io.metadata import read_core_metadata
 
@@ -91,4 +94,6 @@ def derive_calibration(sqlite_path: str | os.PathLike[str]) -> dict:
         "fov_rect_side_px": {"median": float(np.median(sides)), "q25": float(np.percentile(sides, 25)),
                              "q75": float(np.percentile(sides, 75))},
         "polyline_share": round(float((ann["type"] == "polyline").mean()), 3),
+        "hospital_slide_counts": tuple(int(v) for v in fovs.drop_duplicates("slide_name").groupby("hospital")
+                                       .size().sort_values(ascending=False)),
     }

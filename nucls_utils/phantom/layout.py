@@ -46,7 +46,7 @@ class RegionParams:
 
 
 REGION_PARAMS: dict[str, RegionParams] = {
-    "tumor": RegionParams(1.0, {"tumor": 0.85, "mitotic_figure": 0.011, "lymphocyte": 0.045, "unlabeled": 0.07,
+    "tumor": RegionParams(1.25, {"tumor": 0.85, "mitotic_figure": 0.011, "lymphocyte": 0.045, "unlabeled": 0.07,
                                  "apoptotic_body": 0.012, "macrophage": 0.01}, spacing=0.8, overlap_prob=0.05),
     "stroma": RegionParams(0.6, {"fibroblast": 0.58, "lymphocyte": 0.10, "plasma_cell": 0.06, "macrophage": 0.07,
                                   "unlabeled": 0.17, "vascular_endothelium": 0.01, "neutrophil": 0.007,
@@ -128,7 +128,7 @@ def _quantile_mask(field_: np.ndarray, allowed: np.ndarray, fraction: float) -> 
 
 
 #: ROI archetypes and their probabilities: tumor-rich, stroma-rich, TIL-rich and mixed ROIs.
-ARCHETYPES: dict[str, float] = {"tumor": 0.45, "stroma": 0.22, "til": 0.13, "mixed": 0.2}
+ARCHETYPES: dict[str, float] = {"tumor": 0.5, "stroma": 0.18, "til": 0.13, "mixed": 0.19}
 
 
 def _draw_composition(rng: np.random.Generator) -> dict[str, float]:
@@ -148,7 +148,7 @@ def _draw_composition(rng: np.random.Generator) -> dict[str, float]:
     necrosis = float(rng.uniform(0.08, 0.3)) * tumor if rng.random() < 0.22 else 0.0
     return {"archetype": arche, "tumor": tumor, "infiltrate": infil, "plasma_share": plasma_share,
             "necrosis": necrosis, "n_ducts": int(rng.poisson(0.15)), "n_vessels": int(rng.poisson(1.5)),
-            "cellularity": float(np.exp(rng.normal(0.0, 0.3)))}
+            "cellularity": float(np.exp(rng.normal(0.15, 0.3)))}
 
 
 def _place_structures(rng: np.random.Generator, regions: np.ndarray, comp: dict) -> list[Structure]:

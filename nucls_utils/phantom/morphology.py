@@ -99,7 +99,7 @@ KINDS: dict[str, NucleusKind] = {
                                         _sd("vascular_endothelium", 0.6), (0.25, 0.42), irregularity=0.03,
                                         taper=0.6, bend=0.25, hema=0.7, chromatin="fine"),
     "lymphocyte": NucleusKind("lymphocyte", _size("lymphocyte", 1.02), _sd("lymphocyte", 0.97), (0.82, 1.0),
-                              irregularity=0.04, hema=1.05, chromatin="dense", cytoplasm=1.15,
+                              irregularity=0.04, hema=0.95, chromatin="dense", cytoplasm=1.15,
                               cytoplasm_eosin=0.08),
     "plasma_cell": NucleusKind("plasma_cell", _size("plasma_cell", 1.0), _sd("plasma_cell", 0.97), (0.75, 0.95),
                                irregularity=0.04, hema=0.9, chromatin="clockface", cytoplasm=1.9,

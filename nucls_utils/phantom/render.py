@@ -51,8 +51,8 @@ def _unit(v: np.ndarray) -> tuple[float, float, float]:
 def draw_stain_style(rng: np.random.Generator) -> StainStyle:
     """A hospital's stain style: stain vectors rotated a little, intensities scaled (batch effects)."""
     return StainStyle(
-        _unit(BASE_H + rng.normal(0, 0.07, 3)), _unit(BASE_E + rng.normal(0, 0.06, 3)),
-        float(np.clip(np.exp(rng.normal(0, 0.16)), 0.72, 1.35)), float(np.clip(np.exp(rng.normal(0, 0.22)), 0.6, 1.6)),
+        _unit(BASE_H + rng.normal(0, 0.045, 3)), _unit(BASE_E + rng.normal(0, 0.05, 3)),
+        float(np.clip(np.exp(rng.normal(0, 0.12)), 0.8, 1.2)), float(np.clip(np.exp(rng.normal(0, 0.2)), 0.65, 1.4)),
         float(rng.uniform(236, 252)),
     )
 
@@ -68,13 +68,13 @@ def perturb_stain_style(style: StainStyle, rng: np.random.Generator) -> StainSty
 
 # overall hematoxylin gain: calibrated so that HistomicsTK stain unmixing of synthetic FOVs gives hematoxylin
 # densities in the range of the 17 real sample FOVs (tests/test_phantom.py)
-_H_GAIN = 1.4
+_H_GAIN = 1.2
 
 # eosin (cytoplasm/matrix) and hematoxylin background level of each region
 _REGION_E = {"tumor": 0.17, "stroma": 0.16, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.12,
              "normal_ducts_other": 0.14, "necrosis_debris": 0.3}
-_REGION_H = {"tumor": 0.12, "stroma": 0.05, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
-             "normal_ducts_other": 0.05, "necrosis_debris": 0.14}
+_REGION_H = {"tumor": 0.12, "stroma": 0.085, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
+             "normal_ducts_other": 0.075, "necrosis_debris": 0.14}
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -219,7 +219,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         elif ch == "condensed":
             val = base * (1.0 + 0.05 * f)
         else:  # fine
-            val = base * (0.85 + 0.25 * f)
+            val = base * (0.9 + 0.12 * f)
         # soft edge: the outermost pixel is lighter
         val = np.clip(val, 0.05, None) * np.clip(0.55 + 0.45 * d, 0.0, 1.0)
         Hn[by0:by1, bx0:bx1] += np.where(m, val, 0.0)

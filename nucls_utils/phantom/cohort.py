@@ -1,0 +1,230 @@
+"""The synthetic cohort: hospitals -> slides -> ROIs -> FOVs, written in the official single-rater layout.
+
+Everything is drawn from one ``numpy.random.SeedSequence(seed)``, spawned per hospital, slide, ROI and FOV, so the
+same (generator version, profile, seed) gives byte-identical files. Output folder::
+
+    rgb/ csv/ mask/ ALL_FOV_LOCATIONS.csv   the official layout; every true nucleus is a polyline
+    regions/<roi>.png, regions/region_codes.csv   tissue-region maps of the ROIs (codes in layout.REGION_CODES)
+    truth/nuclei.csv   per nucleus: FOV, index in the CSV, class, region, centre, radius (ground truth extras)
+    truth/fovs.csv     per FOV: hospital, slide, ROI and position in it, ROI archetype, focus, stain style
+    manifest.json      generator version, seed, profile, spec and counts (no timestamps: reproducible bytes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .. import taxonomy as tx
+from ..io.atomic import atomic_dir
+from ..io.dataset import FovRecord, Nucleus, validate_record, write_fov_files, write_fov_locations
+from ..io.naming import FovName, format_fov_name
+from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS
+from .layout import REGION_CODES, REGION_NAMES, make_roi
+from .render import draw_stain_style, perturb_stain_style, render_crop
+
+__all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort", "ensure_cohort",
+           "cohort_is_current", "read_manifest"]
+
+#: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
+GENERATOR_VERSION = "1.0.0"
+#: Slide coordinates at base magnification are at 0.25 microns per pixel (40x), the RGB at 0.2: factor 0.8.
+BASE_PER_RGB_PX = 0.8
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Size of a synthetic cohort."""
+
+    profile: str
+    hospital_slides: tuple[int, ...]  # slides of each hospital
+    rois_per_slide: int
+    fovs_per_roi: int
+    roi_size_px: int
+    out_of_focus_rate: float = 0.04
+
+    @property
+    def n_fovs(self) -> int:
+        return sum(self.hospital_slides) * self.rois_per_slide * self.fovs_per_roi
+
+
+PROFILE_SPECS: dict[str, CohortSpec] = {
+    # 3 hospitals, 10 FOVs: seconds; for tests and CI
+    "smoke": CohortSpec("smoke", (2, 2, 1), 1, 2, 900),
+    # 8 hospitals (enough for 5 by-hospital folds), 30 slides, 120 FOVs: well under a minute on 2 cores
+    "cpu": CohortSpec("cpu", (6, 5, 4, 4, 3, 3, 3, 2), 1, 4, 1024),
+    # the core set's shape: 18 hospitals with the real slide counts (124 slides), 1,736 FOVs
+    "paper": CohortSpec("paper", HOSPITAL_SLIDE_COUNTS, 2, 7, 1400),
+}
+
+_HOSPITAL_CODES = [f"Y{c}" for c in "0123456789ABCDEFGHJKLMNPQRSTUVWXZ"]
+
+
+_MAX_MARGIN = 45
+_MAX_CROP = 340 + 2 * _MAX_MARGIN
+
+
+def _fov_boxes(rng: np.random.Generator, roi: int, n: int) -> list[tuple[tuple[int, int, int, int], tuple]]:
+    """Non-overlapping FOV crops in an ROI: (crop x0, y0, x1, y1) and the intended FOV rect inside the crop.
+
+    The ROI is cut into a g x g grid (g = ceil(sqrt(n))); ``n`` distinct cells are drawn and each holds one FOV at
+    a random position, with a random rectangle side (about 317 px) and random margins (0-45 px a side).
+    """
+    g = int(np.ceil(np.sqrt(n)))
+    cell = roi // g
+    if cell < _MAX_CROP:
+        raise ValueError(f"a {roi} px ROI cannot hold {n} FOVs of up to {_MAX_CROP} px in a {g} x {g} grid")
+    out = []
+    for c in sorted(rng.choice(g * g, size=n, replace=False)):
+        gy, gx = divmod(int(c), g)
+        side_w = int(np.clip(round(rng.normal(FOV_RECT_SIDE_PX["median"], 2.5)), 300, 340))
+        side_h = int(np.clip(round(rng.normal(FOV_RECT_SIDE_PX["median"], 2.5)), 300, 340))
+        ml, mt, mr, mb = (int(v) for v in rng.integers(0, _MAX_MARGIN + 1, 4))
+        w, h = side_w + ml + mr, side_h + mt + mb
+        x0 = gx * cell + int(rng.integers(0, cell - w + 1))
+        y0 = gy * cell + int(rng.integers(0, cell - h + 1))
+        out.append(((x0, y0, x0 + w, y0 + h), (ml, mt, ml + side_w, mt + side_h)))
+    return out
+
+
+def _outline_in_crop(nuc, crop: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    x0, y0, x1, y1 = crop
+    xs = np.clip(np.rint(nuc.xs - x0), 0, x1 - x0).astype(int)
+    ys = np.clip(np.rint(nuc.ys - y0), 0, y1 - y0).astype(int)
+    keep = np.ones(len(xs), bool)
+    keep[1:] = (np.diff(xs) != 0) | (np.diff(ys) != 0)
+    xs, ys = xs[keep], ys[keep]
+    return np.append(xs, xs[0]), np.append(ys, ys[0])  # closed ring, as in the release
+
+
+def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
+                    overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate the synthetic cohort of ``profile`` into ``out_dir`` (written atomically).
+
+    Returns the folder. See the module docstring for its contents.
+    """
+    if profile not in PROFILE_SPECS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_SPECS)}")
+    spec = PROFILE_SPECS[profile]
+    root_ss = np.random.SeedSequence(seed)
+    fov_rows, nuc_rows, records = [], [], []
+    n_slides = sum(spec.hospital_slides)
+    bar = tqdm(total=n_slides * spec.rois_per_slide, desc=f"synthetic cohort ({profile})", disable=not progress)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for sub in ("rgb", "csv", "mask", "regions", "truth"):
+            (tmp / sub).mkdir()
+        for h_idx, (h_ss, n_sl) in enumerate(zip(root_ss.spawn(len(spec.hospital_slides)), spec.hospital_slides,
+                                                 strict=True)):
+            hosp = _HOSPITAL_CODES[h_idx]
+            h_rng = np.random.default_rng(h_ss)
+            h_style = draw_stain_style(h_rng)
+            for s_idx, s_ss in enumerate(h_ss.spawn(n_sl)):
+                s_rng = np.random.default_rng(s_ss)
+                slide = f"TCGA-{hosp}-A{s_idx:03d}-DX1"
+                s_style = perturb_stain_style(h_style, s_rng)
+                item_id = "".join(f"{v:02x}" for v in s_rng.integers(0, 256, 12))
+                for r_idx, r_ss in enumerate(s_ss.spawn(spec.rois_per_slide)):
+                    r_rng = np.random.default_rng(r_ss)
+                    layout = make_roi(r_rng, spec.roi_size_px)
+                    roi_name = f"{slide}_roi-{r_idx}"
+                    Image.fromarray(layout.regions).save(tmp / "regions" / f"{roi_name}.png")
+                    roi_left, roi_top = (int(v) for v in r_rng.integers(5000, 100000, 2))
+                    boxes = _fov_boxes(r_rng, spec.roi_size_px, spec.fovs_per_roi)
+                    for f_ss, (crop, rect) in zip(r_ss.spawn(len(boxes)), boxes, strict=True):
+                        f_rng = np.random.default_rng(f_ss)
+                        rec, image, fov_info, nuc_info = _make_fov(layout, crop, rect, spec, s_style, f_rng,
+                                                                   slide, item_id, roi_left, roi_top)
+                        validate_record(rec)
+                        write_fov_files(tmp, rec, image)
+                        records.append(rec)
+                        fov_rows.append({"fovname": rec.name, "hospital": hosp, "slide_name": slide, "roi": roi_name,
+                                         "roi_x0": crop[0], "roi_y0": crop[1],
+                                         "archetype": layout.composition["archetype"], **fov_info,
+                                         **{f"stain_{k}": json.dumps(v) if isinstance(v, list) else v
+                                            for k, v in s_style.as_dict().items()}})
+                        nuc_rows += nuc_info
+                    bar.update(1)
+        bar.close()
+        write_fov_locations(tmp, records)
+        pd.DataFrame(sorted(REGION_CODES.items(), key=lambda kv: kv[1]), columns=["region", "code"]).to_csv(
+            tmp / "regions" / "region_codes.csv", index=False)
+        fovs = pd.DataFrame(fov_rows)
+        nuclei = pd.DataFrame(nuc_rows)
+        fovs.to_csv(tmp / "truth" / "fovs.csv", index=False)
+        nuclei.to_csv(tmp / "truth" / "nuclei.csv", index=False)
+        counts = nuclei["raw_class"].value_counts().reindex(list(tx.RAW_CLASSES), fill_value=0)
+        manifest = {
+            "generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION, "seed": int(seed),
+            "profile": profile, "spec": asdict(spec),
+            "counts": {"hospitals": len(spec.hospital_slides), "slides": n_slides,
+                       "rois": n_slides * spec.rois_per_slide, "fovs": len(records), "nuclei": int(len(nuclei)),
+                       "nuclei_by_raw_class": {k: int(v) for k, v in counts.items()},
+                       "out_of_focus_fovs": int(fovs["out_of_focus"].sum())},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Generator, slide: str, item_id: str,
+              roi_left: int, roi_top: int):
+    x0, y0, x1, y1 = crop
+    w, h = x1 - x0, y1 - y0
+    rl, rt, rr, rb = rect
+    outlines, annotated = {}, []
+    for k, nuc in enumerate(layout.nuclei):
+        if nuc.xs.max() < x0 or nuc.xs.min() > x1 or nuc.ys.max() < y0 or nuc.ys.min() > y1:
+            continue
+        outlines[k] = _outline_in_crop(nuc, crop)
+        cx, cy, pad = nuc.cx - x0, nuc.cy - y0, 0.5 * nuc.radius
+        if rl - pad <= cx <= rr + pad and rt - pad <= cy <= rb + pad and len(outlines[k][0]) >= 4:
+            annotated.append(k)
+    out_of_focus = bool(rng.random() < spec.out_of_focus_rate)
+    blur = float(rng.uniform(2.0, 3.0)) if out_of_focus else float(rng.uniform(0.6, 1.0))
+    image = render_crop(layout, crop, outlines, style, rng, blur_sigma=blur, noise_sd=float(rng.uniform(1.5, 3.0)))
+    name = format_fov_name(FovName(
+        slide, item_id,
+        left=roi_left + int(round(x0 * BASE_PER_RGB_PX)), top=roi_top + int(round(y0 * BASE_PER_RGB_PX)),
+        bottom=roi_top + int(round(y1 * BASE_PER_RGB_PX)), right=roi_left + int(round(x1 * BASE_PER_RGB_PX))))
+    nuclei, info = [], []
+    for i, k in enumerate(annotated):
+        nuc = layout.nuclei[k]
+        xs, ys = outlines[k]
+        nuclei.append(Nucleus.from_polygon(nuc.raw_class, xs.tolist(), ys.tolist()))
+        info.append({"fovname": name, "nucleus_index": i, "raw_class": nuc.raw_class,
+                     "region": REGION_NAMES[nuc.region], "center_x": round(nuc.cx - x0, 2),
+                     "center_y": round(nuc.cy - y0, 2), "radius_px": round(nuc.radius, 2),
+                     "area_px": nuclei[-1].area})
+    rec = FovRecord(name, (h, w), tuple(nuclei), (rl, rt, rr, rb))
+    return rec, image, {"out_of_focus": out_of_focus, "blur_sigma": round(blur, 3)}, info
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict | None:
+    """The cohort's manifest, or ``None`` when there is none (or it is unreadable)."""
+    path = Path(root) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cohort_is_current(root: str | os.PathLike[str], profile: str, seed: int) -> bool:
+    """Whether ``root`` holds a complete cohort of this generator version, profile and seed."""
+    m = read_manifest(root)
+    return (m is not None and m.get("generator_version") == GENERATOR_VERSION and m.get("profile") == profile
+            and m.get("seed") == int(seed) and (Path(root) / "csv").is_dir())
+
+
+def ensure_cohort(root: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
+                  progress: bool = True) -> tuple[Path, bool]:
+    """Generate the cohort into ``root`` unless an up-to-date one is there; return ``(root, generated)``."""
+    if cohort_is_current(root, profile, seed):
+        return Path(root), False
+    generate_cohort(root, profile, seed, overwrite=True, progress=progress)
+    return Path(root), True
