@@ -50,7 +50,7 @@ REGION_PARAMS: dict[str, RegionParams] = {
                                  "apoptotic_body": 0.012, "macrophage": 0.01}, spacing=0.8, overlap_prob=0.05),
     "stroma": RegionParams(0.6, {"fibroblast": 0.58, "lymphocyte": 0.10, "plasma_cell": 0.06, "macrophage": 0.07,
                                   "unlabeled": 0.17, "vascular_endothelium": 0.01, "neutrophil": 0.007,
-                                  "eosinophil": 0.001, "tumor": 0.027}, spacing=0.95),
+                                  "eosinophil": 0.003, "tumor": 0.027}, spacing=0.95),
     "lymphocytic_infiltrate": RegionParams(3.2, {"lymphocyte": 0.74, "plasma_cell": 0.09, "macrophage": 0.03,
                                                  "unlabeled": 0.11, "fibroblast": 0.03}, spacing=0.8,
                                            overlap_prob=0.03),
