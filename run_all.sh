@@ -17,7 +17,8 @@ to supplement/ (ipynb + HTML); figures to figures/, tables to tables/, tidy inte
 
 Options:
   --data PATH       a dataset in the official NuCLS single-rater layout (rgb/, csv/[, mask/]). Without it the
-                    embedded synthetic cohort is used (not implemented yet: for now --data is required).
+                    embedded synthetic cohort of the profile is used: generated under data/synthetic/<profile>/ on
+                    first use and reused until the generator version, seed or profile changes.
   --metadata PATH   optional core-set metadata sqlite (fov_meta, annotation_elements), used by notebook 01 for the
                     whole-core-set fold table (Table 1 "N") and FOV rectangles.
   --profile NAME    smoke | cpu | paper (default: cpu; paper is meant for a GPU).
@@ -122,11 +123,9 @@ if [[ -n "$ONLY" ]]; then
 fi
 
 if [[ -z "$DATA" ]]; then
-    cat >&2 <<'MSG'
-run_all.sh: no --data given, and the embedded synthetic cohort does not exist yet (it is a later issue).
-            Run on a dataset in the official NuCLS layout, e.g.  ./run_all.sh --data ../shared/data/nucls_sample
-MSG
-    exit 2
+    DATA="$ROOT/data/synthetic/$PROFILE"
+    echo "[data] synthetic cohort ($PROFILE, seed $SEED): $DATA"
+    "$PY" -m nucls_utils.phantom --profile "$PROFILE" --seed "$SEED" --out "$DATA"
 fi
 
 mkdir -p "$OUT"/{figures,tables,results,supplement}

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = ["REPO_ROOT", "MICRONS_PER_PIXEL", "Profile", "PROFILES", "get_profile", "DataSource", "resolve_data",
+           "synthetic_dir", "find_real_sample", "SHARED_DATA",
            "RunContext", "start_run", "package_versions", "git_commit"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,20 +62,51 @@ class DataSource:
     name: str
 
 
-def resolve_data(data_dir: str | os.PathLike[str] | None, profile: str = "cpu") -> DataSource:
+def synthetic_dir(profile: str) -> Path:
+    """Where the synthetic cohort of a profile is cached: ``<repo>/data/synthetic/<profile>``."""
+    return REPO_ROOT / "data" / "synthetic" / profile
+
+
+def resolve_data(data_dir: str | os.PathLike[str] | None, profile: str = "cpu", seed: int = 0) -> DataSource:
     """Resolve the ``data_dir`` notebook parameter.
 
-    An empty value selects the synthetic cohort. The synthetic cohort is a later stage of the project; until it
-    exists this raises a clear error instead of substituting other data.
+    An empty value selects the synthetic cohort of ``profile``: it is generated (or reused when up to date) under
+    :func:`synthetic_dir`. A folder holding a phantom ``manifest.json`` is a synthetic cohort too; any other folder
+    is a dataset in the official NuCLS layout.
     """
+    from .phantom import ensure_cohort, read_manifest
+
     if data_dir in (None, ""):
-        raise FileNotFoundError(
-            "no data_dir given and the embedded synthetic cohort is not implemented yet; pass the path of a "
-            "dataset in the official NuCLS layout (run_all.sh --data PATH)")
+        path, _ = ensure_cohort(synthetic_dir(profile), profile, seed)
+        return DataSource("synthetic", path.resolve(), f"synthetic_{profile}")
     path = Path(data_dir).expanduser().resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"data_dir {path} does not exist or is not a folder")
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.get("generator") == "nucls_utils.phantom":
+        return DataSource("synthetic", path, f"synthetic_{manifest['profile']}")
     return DataSource("nucls", path, path.name)
+
+
+#: The project's small real NuCLS piece, beside the repository (absent on most machines).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def find_real_sample(spec: str | None) -> Path | None:
+    """Resolve a ``real_sample_dir`` parameter: the small real NuCLS sample used for side-by-side comparisons.
+
+    ``'none'`` -> ``None``; ``'auto'``/empty -> ``<repo>/../shared/data/nucls_sample`` when it exists, else ``None``;
+    anything else must be an existing folder.
+    """
+    if spec is not None and spec.strip().lower() == "none":
+        return None
+    if spec in (None, "", "auto"):
+        candidate = SHARED_DATA / "nucls_sample"
+        return candidate.resolve() if (candidate / "csv").is_dir() else None
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"real_sample_dir {path} is not a folder")
+    return path.resolve()
 
 
 def package_versions() -> dict[str, str]:
@@ -141,7 +173,7 @@ def start_run(stage: str, *, data_dir: str | None, profile: str, seed: int, resu
               figures_dir: str | None = None, tables_dir: str | None = None, verbose: bool = True) -> RunContext:
     """Resolve a notebook's parameters, create its output folders, print and save the run header."""
     prof = get_profile(profile)
-    data = resolve_data(data_dir, profile)
+    data = resolve_data(data_dir, profile, int(seed))
     results = Path(results_dir) if results_dir else REPO_ROOT / "results"
     figures = Path(figures_dir) if figures_dir else REPO_ROOT / "figures"
     tables = Path(tables_dir) if tables_dir else REPO_ROOT / "tables"

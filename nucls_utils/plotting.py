@@ -13,7 +13,8 @@ from . import taxonomy as tx
 from .io.atomic import atomic_path
 from .summary import COCO_REFERENCE, COCO_SIZE_BINS_PX
 
-__all__ = ["set_style", "save_figure", "plot_instances_and_sizes", "plot_class_by_fold", "plot_class_counts"]
+__all__ = ["set_style", "save_figure", "plot_instances_and_sizes", "plot_class_by_fold", "plot_class_counts",
+           "plot_fov_gallery", "plot_ground_truth_overlay", "plot_stain_ranges"]
 
 
 def set_style() -> None:
@@ -117,5 +118,87 @@ def plot_class_by_fold(by_fold: pd.DataFrame, level: str = "super", title: str =
     ax.set_ylabel("nuclei (%)")
     ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     ax.set_title(title or f"{level}-class mix by fold")
+    fig.tight_layout()
+    return fig
+
+
+def plot_fov_gallery(rows: dict[str, list[np.ndarray]], title: str = "", crop: int = 300) -> plt.Figure:
+    """A grid of FOV images: one row per label (e.g. 'synthetic', 'real'), top-left ``crop`` pixels of each."""
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.6 * n, 2.75 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if j < len(images):
+                ax.imshow(images[j][:crop, :crop])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=11)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ground_truth_overlay(rgb: np.ndarray, record, region_map: np.ndarray | None = None,
+                              region_names: dict[int, str] | None = None) -> plt.Figure:
+    """One FOV: the image, the image with every true outline coloured by raw class (dashed: intended FOV), and the
+    tissue-region map when given."""
+    from matplotlib.patches import Patch, Rectangle
+
+    k = 3 if region_map is not None else 2
+    fig, axes = plt.subplots(1, k, figsize=(4.6 * k, 4.8))
+    axes[0].imshow(rgb)
+    axes[0].set_title("image")
+    axes[1].imshow(rgb)
+    present = []
+    for n in record.nuclei:
+        color = tx.RAW_COLORS[n.raw_class]
+        axes[1].plot(n.coords_x, n.coords_y, color=color, lw=1.2)
+        if n.raw_class not in present:
+            present.append(n.raw_class)
+    if record.fov_rect is not None:
+        x0, y0, x1, y1 = record.fov_rect
+        axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=1, color="k"))
+    axes[1].set_title("ground truth (outline colour = class)")
+    axes[1].legend(handles=[Patch(color=tx.RAW_COLORS[c], label=c) for c in present], fontsize=7,
+                   loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if region_map is not None:
+        names = region_names or {}
+        codes = sorted(int(c) for c in np.unique(region_map))
+        palette = {1: "#e41a1c", 2: "#f0c419", 3: "#1f5fd1", 4: "#41b6e6", 5: "#4daf4a", 6: "#7f7f7f"}
+        img = np.zeros(region_map.shape + (3,))
+        for c in codes:
+            img[region_map == c] = matplotlib_colors_to_rgb(palette.get(c, "#000000"))
+        axes[2].imshow(img)
+        axes[2].set_title("tissue regions")
+        axes[2].legend(handles=[Patch(color=palette.get(c, "k"), label=names.get(c, str(c))) for c in codes],
+                       fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def matplotlib_colors_to_rgb(color: str) -> tuple[float, float, float]:
+    """A colour string as an RGB triple in [0, 1]."""
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(color)
+
+
+def plot_stain_ranges(tables: dict[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """Hematoxylin vs eosin density per FOV, one colour per table (e.g. this dataset vs the real sample)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for (label, t), color in zip(tables.items(), ["#1f5fd1", "#e41a1c", "#4daf4a"], strict=False):
+        ax.scatter(t["h_mean"], t["e_mean"], s=14, alpha=0.7, label=f"{label} (n={len(t)})", color=color)
+    ax.set_xlabel("hematoxylin density (HistomicsTK SDA, mean)")
+    ax.set_ylabel("eosin density (mean)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Stain densities per FOV")
     fig.tight_layout()
     return fig

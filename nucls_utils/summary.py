@@ -14,7 +14,7 @@ from . import taxonomy as tx
 from .config import MICRONS_PER_PIXEL
 
 __all__ = ["COCO_REFERENCE", "COCO_SIZE_BINS_PX", "fov_areas", "dataset_summary", "class_counts",
-           "instances_per_fov", "object_sizes", "size_categories", "class_by_fold", "PAPER_DATASET_FACTS", "paper_vs_run"]
+           "instances_per_fov", "object_sizes", "size_categories", "class_by_fold", "PAPER_DATASET_FACTS", "paper_vs_run", "calibration_comparison", "stain_table"]
 
 #: Values quoted from the COCO paper (Lin et al. 2014, Fig. 5) and the COCO detection-evaluation page, for the
 #: Figure S9 comparison. They are quoted, not recomputed: COCO is not part of this study.
@@ -152,3 +152,37 @@ def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations
     for col in ("paper", "this_dataset", "core_set"):
         out[col] = out[col].astype(float).round(1)
     return out
+
+
+def calibration_comparison(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.DataFrame:
+    """This dataset next to the real core set (the phantom's calibration constants): per raw class, the share of
+    nuclei and the median box width/height; last row, nuclei per FOV (mean).
+
+    Returns ``quantity, class, real_core_set, this_dataset, difference``.
+    """
+    from .phantom.calibration import CLASS_BOX_STATS, NUCLEI_PER_FOV, class_proportions
+
+    real_p = class_proportions()
+    ann = annotations[annotations["type"] != "point"]
+    share = ann["raw_class"].value_counts(normalize=True)
+    rows = []
+    for cls in tx.RAW_CLASSES:
+        st = CLASS_BOX_STATS[cls]
+        sub = ann[ann["raw_class"] == cls]
+        rows.append(("class share, %", cls, 100 * real_p[cls], 100 * float(share.get(cls, 0.0))))
+        rows.append(("median box width, px", cls, st.width_median,
+                     float(sub["width"].median()) if len(sub) else np.nan))
+        rows.append(("median box height, px", cls, st.height_median,
+                     float(sub["height"].median()) if len(sub) else np.nan))
+    rows.append(("nuclei per FOV, mean", "all", NUCLEI_PER_FOV["mean"], float(instances_per_fov(ann, fovs).mean())))
+    out = pd.DataFrame(rows, columns=["quantity", "class", "real_core_set", "this_dataset"])
+    out["difference"] = out["this_dataset"] - out["real_core_set"]
+    return out.round(2)
+
+
+def stain_table(records) -> pd.DataFrame:
+    """Per FOV: hospital and HistomicsTK hematoxylin/eosin densities (see :func:`nucls_utils.stains.stain_densities`)."""
+    from .stains import stain_densities
+
+    rows = [{"fovname": r.name, "hospital": r.hospital, **stain_densities(r.read_rgb())} for r in records]
+    return pd.DataFrame(rows)

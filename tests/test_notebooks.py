@@ -108,3 +108,26 @@ def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
     assert "failing cell: #" in proc.stderr
     assert "unknown raw class 'lymphocite'" in proc.stderr
     assert "summary" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
+    if not _venv_python().exists():
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+    out = tmp_path / "out"
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--only", "01", "--profile", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "synthetic cohort (smoke, seed 0)" in proc.stdout
+    for name in ("nb01_example_fovs", "nb01_ground_truth_overlay", "nb01_stain_densities", "figS9_instances_and_sizes"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    calib = pd.read_csv(out / "tables" / "nb01_calibration_vs_real.csv")
+    assert set(calib["quantity"]) >= {"class share, %", "median box width, px", "nuclei per FOV, mean"}
+    folds = pd.read_csv(out / "tables" / "table1_folds_N_dataset.csv")
+    assert folds["fold"].tolist() == [1, 2, 3]  # 3 synthetic hospitals in smoke: a seeded 3-fold split
+    ann = pd.read_csv(out / "results" / "synthetic_smoke" / "01_data_prep" / "annotations.csv")
+    assert (ann["type"] == "polyline").all()
+    # a second run reuses the cached cohort
+    again = subprocess.run([str(REPO / "run_all.sh"), "--only", "01", "--profile", "smoke", "--out", str(out)],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "up to date, reused" in again.stdout

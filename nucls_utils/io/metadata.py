@@ -120,18 +120,18 @@ def read_core_metadata(path: str | os.PathLike[str], *, drop_duplicate_fovs: boo
     return fov.reset_index(drop=True), out.reset_index(drop=True)
 
 
-def find_core_metadata(spec: str | None, data_dir: str | os.PathLike[str] | None) -> Path | None:
+def find_core_metadata(spec: str | None, data_dir: str | os.PathLike[str] | None,
+                       extra_dirs: tuple[str | os.PathLike[str], ...] = ()) -> Path | None:
     """Resolve a ``core_metadata`` parameter.
 
-    ``'none'`` -> ``None``; ``'auto'`` or empty -> ``<data_dir>/nucls_core_metadata.sqlite`` or the same name in
-    ``data_dir``'s parent, if either exists, else ``None``; anything else is a path that must exist.
+    ``'none'`` -> ``None``; ``'auto'`` or empty -> ``nucls_core_metadata.sqlite`` in ``data_dir``, its parent or one
+    of ``extra_dirs``, the first that exists, else ``None``; anything else is a path that must exist.
     """
     if spec is not None and spec.strip().lower() == "none":
         return None
     if spec in (None, "", "auto"):
-        if data_dir is None:
-            return None
-        for folder in (Path(data_dir), Path(data_dir).parent):
+        folders = [Path(data_dir), Path(data_dir).parent] if data_dir is not None else []
+        for folder in folders + [Path(d) for d in extra_dirs]:
             if (folder / CORE_METADATA_NAME).is_file():
                 return (folder / CORE_METADATA_NAME).resolve()
         return None

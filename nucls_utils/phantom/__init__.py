@@ -6,7 +6,17 @@ single-rater layout (see :mod:`.cohort`); :mod:`.calibration` holds the real-dat
 the Beer-Lambert H&E rendering. Command line: ``python -m nucls_utils.phantom --profile cpu --seed 0 --out DIR``.
 """
 
-from .cohort import GENERATOR_VERSION, PROFILE_SPECS, CohortSpec, cohort_is_current, ensure_cohort, generate_cohort, read_manifest
+from .cohort import (
+    GENERATOR_VERSION,
+    PROFILE_SPECS,
+    CohortSpec,
+    cohort_is_current,
+    ensure_cohort,
+    fov_region_map,
+    generate_cohort,
+    read_manifest,
+)
+from .layout import REGION_CODES, REGION_NAMES
 
 __all__ = ["GENERATOR_VERSION", "PROFILE_SPECS", "CohortSpec", "cohort_is_current", "ensure_cohort",
-           "generate_cohort", "read_manifest"]
+           "fov_region_map", "generate_cohort", "read_manifest", "REGION_CODES", "REGION_NAMES"]

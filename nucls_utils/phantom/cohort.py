@@ -31,7 +31,7 @@ from .layout import REGION_CODES, REGION_NAMES, make_roi
 from .render import draw_stain_style, perturb_stain_style, render_crop
 
 __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort", "ensure_cohort",
-           "cohort_is_current", "read_manifest"]
+           "cohort_is_current", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
 GENERATOR_VERSION = "1.0.0"
@@ -145,7 +145,8 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
                         write_fov_files(tmp, rec, image)
                         records.append(rec)
                         fov_rows.append({"fovname": rec.name, "hospital": hosp, "slide_name": slide, "roi": roi_name,
-                                         "roi_x0": crop[0], "roi_y0": crop[1],
+                                         "roi_x0": crop[0], "roi_y0": crop[1], "roi_x1": crop[2],
+                                         "roi_y1": crop[3],
                                          "archetype": layout.composition["archetype"], **fov_info,
                                          **{f"stain_{k}": json.dumps(v) if isinstance(v, list) else v
                                             for k, v in s_style.as_dict().items()}})
@@ -228,3 +229,15 @@ def ensure_cohort(root: str | os.PathLike[str], profile: str = "cpu", seed: int 
         return Path(root), False
     generate_cohort(root, profile, seed, overwrite=True, progress=progress)
     return Path(root), True
+
+
+def fov_region_map(root: str | os.PathLike[str], fovname: str) -> np.ndarray:
+    """The tissue-region map of one synthetic FOV (its crop of the ROI's map), ``(H, W) uint8`` region codes."""
+    root = Path(root)
+    fovs = pd.read_csv(root / "truth" / "fovs.csv").set_index("fovname")
+    if fovname not in fovs.index:
+        raise KeyError(f"{fovname} is not a FOV of the synthetic cohort in {root}")
+    row = fovs.loc[fovname]
+    with Image.open(root / "regions" / f"{row['roi']}.png") as im:
+        regions = np.asarray(im)
+    return regions[int(row["roi_y0"]):int(row["roi_y1"]), int(row["roi_x0"]):int(row["roi_x1"])]

@@ -68,7 +68,7 @@ def perturb_stain_style(style: StainStyle, rng: np.random.Generator) -> StainSty
 
 # overall hematoxylin gain: calibrated so that HistomicsTK stain unmixing of synthetic FOVs gives hematoxylin
 # densities in the range of the 17 real sample FOVs (tests/test_phantom.py)
-_H_GAIN = 1.2
+_H_GAIN = 1.15
 
 # eosin (cytoplasm/matrix) and hematoxylin background level of each region
 _REGION_E = {"tumor": 0.17, "stroma": 0.16, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.12,
@@ -147,6 +147,11 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
     # tumor nests: cytoplasm varies cell to cell, cell borders a little darker
     tum = ndi.gaussian_filter((regions == REGION_CODES["tumor"]).astype(float), 2.0)
     E += tum * 0.06 * coarse
+    # retraction spaces and vacuoles: white gaps in nests and stroma
+    gaps = ndi.gaussian_filter(_noise(rng, (h, w), 6.0), 1.0) > 1.6
+    clear = 1.0 - 0.85 * ndi.gaussian_filter(gaps.astype(float), 1.5) * np.clip(tum + stromal, 0, 1)
+    E *= clear
+    H *= clear
     # lumens of ducts and vessels are empty (vessels hold a few red cells)
     yy, xx = np.mgrid[y0:y1, x0:x1]
     for s in layout.structures:
@@ -198,7 +203,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         base = kind.hema * float(np.exp(nr.normal(0, 0.12)))
         ch = kind.chromatin
         if ch == "vesicular":
-            val = base * (0.5 + 0.75 * np.exp(-(d - 1) / 2.0) + 0.12 * f)
+            val = base * (0.6 + 0.45 * np.exp(-(d - 1) / 2.5) + 0.22 * g + 0.1 * f)
             for _ in range(int(nr.integers(1, kind.nucleoli + 1))):
                 ny, nx = nr.uniform(0.3, 0.7) * m.shape[0], nr.uniform(0.3, 0.7) * m.shape[1]
                 py, px = np.mgrid[:m.shape[0], :m.shape[1]]
@@ -224,7 +229,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         val = np.clip(val, 0.05, None) * np.clip(0.55 + 0.45 * d, 0.0, 1.0)
         Hn[by0:by1, bx0:bx1] += np.where(m, val, 0.0)
         cover[by0:by1, bx0:bx1] = np.maximum(cover[by0:by1, bx0:bx1], m)
-    H = H * (1 - cover) + ndi.gaussian_filter(Hn, 0.6)
+    H = H * (1 - cover) + ndi.gaussian_filter(Hn, 0.9)
     E = E * (1 - 0.35 * cover)
 
     # Beer-Lambert ------------------------------------------------------------------------------------------------
