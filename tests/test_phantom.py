@@ -92,7 +92,7 @@ def test_cohort_structure_and_layout(cpu_cohort):
     assert m["counts"]["nuclei"] == len(ann)
     assert sum(m["counts"]["nuclei_by_raw_class"].values()) == len(ann)
     regions = sorted((cpu_cohort / "regions").glob("*.png"))
-    assert len(regions) == 30
+    assert len(regions) == 60  # 30 slides x 2 ROIs
     from PIL import Image
 
     codes = np.unique(np.asarray(Image.open(regions[0])))

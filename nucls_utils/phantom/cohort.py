@@ -58,8 +58,8 @@ class CohortSpec:
 PROFILE_SPECS: dict[str, CohortSpec] = {
     # 3 hospitals, 10 FOVs: seconds; for tests and CI
     "smoke": CohortSpec("smoke", (2, 2, 1), 1, 2, 900),
-    # 8 hospitals (enough for 5 by-hospital folds), 30 slides, 120 FOVs: well under a minute on 2 cores
-    "cpu": CohortSpec("cpu", (6, 5, 4, 4, 3, 3, 3, 2), 1, 4, 1024),
+    # 8 hospitals (enough for 5 by-hospital folds), 30 slides, 60 ROIs, 120 FOVs: about 30 s on 2 cores
+    "cpu": CohortSpec("cpu", (6, 5, 4, 4, 3, 3, 3, 2), 2, 2, 900),
     # the core set's shape: 18 hospitals with the real slide counts (124 slides), 1,736 FOVs
     "paper": CohortSpec("paper", HOSPITAL_SLIDE_COUNTS, 2, 7, 1400),
 }

@@ -270,7 +270,7 @@ def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[Nucleus]:
         kind = KINDS[cls]
         angle = None
         if cls in ("fibroblast", "vascular_endothelium"):
-            angle = layout.fibre_angle_at(x, y) + rng.normal(0, 0.18)
+            angle = layout.fibre_angle_at(x, y) + rng.normal(0, 0.35)
         xs_, ys_, info = sample_outline(kind, rng, angle=angle)
         r = info["radius"]
         free = True

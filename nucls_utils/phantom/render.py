@@ -52,7 +52,7 @@ def draw_stain_style(rng: np.random.Generator) -> StainStyle:
     """A hospital's stain style: stain vectors rotated a little, intensities scaled (batch effects)."""
     return StainStyle(
         _unit(BASE_H + rng.normal(0, 0.045, 3)), _unit(BASE_E + rng.normal(0, 0.05, 3)),
-        float(np.clip(np.exp(rng.normal(0, 0.12)), 0.8, 1.2)), float(np.clip(np.exp(rng.normal(0, 0.2)), 0.65, 1.4)),
+        float(np.clip(np.exp(rng.normal(0, 0.1)), 0.9, 1.18)), float(np.clip(np.exp(rng.normal(0, 0.15)), 0.72, 1.25)),
         float(rng.uniform(236, 252)),
     )
 
@@ -61,20 +61,21 @@ def perturb_stain_style(style: StainStyle, rng: np.random.Generator) -> StainSty
     """A slide's style: its hospital's, with a smaller perturbation."""
     return StainStyle(
         _unit(np.array(style.h_vector) + rng.normal(0, 0.02, 3)), _unit(np.array(style.e_vector) + rng.normal(0, 0.02, 3)),
-        float(style.h_scale * np.exp(rng.normal(0, 0.06))), float(style.e_scale * np.exp(rng.normal(0, 0.08))),
+        float(np.clip(style.h_scale * np.exp(rng.normal(0, 0.05)), 0.9, 1.18)),
+        float(np.clip(style.e_scale * np.exp(rng.normal(0, 0.06)), 0.72, 1.25)),
         float(np.clip(style.background + rng.normal(0, 2), 230, 254)),
     )
 
 
 # overall hematoxylin gain: calibrated so that HistomicsTK stain unmixing of synthetic FOVs gives hematoxylin
 # densities in the range of the 17 real sample FOVs (tests/test_phantom.py)
-_H_GAIN = 1.15
+_H_GAIN = 1.12
 
 # eosin (cytoplasm/matrix) and hematoxylin background level of each region
 _REGION_E = {"tumor": 0.17, "stroma": 0.16, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.12,
              "normal_ducts_other": 0.14, "necrosis_debris": 0.3}
-_REGION_H = {"tumor": 0.12, "stroma": 0.085, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
-             "normal_ducts_other": 0.075, "necrosis_debris": 0.14}
+_REGION_H = {"tumor": 0.13, "stroma": 0.13, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
+             "normal_ducts_other": 0.1, "necrosis_debris": 0.14}
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
