@@ -144,9 +144,11 @@ def plot_fov_gallery(rows: dict[str, list[np.ndarray]], title: str = "", crop: i
 
 
 def plot_ground_truth_overlay(rgb: np.ndarray, record, region_map: np.ndarray | None = None,
-                              region_names: dict[int, str] | None = None) -> plt.Figure:
+                              region_names: dict[int, str] | None = None,
+                              region_colors: dict[int, str] | None = None) -> plt.Figure:
     """One FOV: the image, the image with every true outline coloured by raw class (dashed: intended FOV), and the
     tissue-region map when given."""
+    from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch, Rectangle
 
     k = 3 if region_map is not None else 2
@@ -169,10 +171,10 @@ def plot_ground_truth_overlay(rgb: np.ndarray, record, region_map: np.ndarray | 
     if region_map is not None:
         names = region_names or {}
         codes = sorted(int(c) for c in np.unique(region_map))
-        palette = {1: "#e41a1c", 2: "#f0c419", 3: "#1f5fd1", 4: "#41b6e6", 5: "#4daf4a", 6: "#7f7f7f"}
+        palette = region_colors or {}
         img = np.zeros(region_map.shape + (3,))
         for c in codes:
-            img[region_map == c] = matplotlib_colors_to_rgb(palette.get(c, "#000000"))
+            img[region_map == c] = to_rgb(palette.get(c, "#000000"))
         axes[2].imshow(img)
         axes[2].set_title("tissue regions")
         axes[2].legend(handles=[Patch(color=palette.get(c, "k"), label=names.get(c, str(c))) for c in codes],
@@ -182,13 +184,6 @@ def plot_ground_truth_overlay(rgb: np.ndarray, record, region_map: np.ndarray | 
         ax.set_yticks([])
     fig.tight_layout()
     return fig
-
-
-def matplotlib_colors_to_rgb(color: str) -> tuple[float, float, float]:
-    """A colour string as an RGB triple in [0, 1]."""
-    from matplotlib.colors import to_rgb
-
-    return to_rgb(color)
 
 
 def plot_stain_ranges(tables: dict[str, pd.DataFrame], title: str = "") -> plt.Figure:

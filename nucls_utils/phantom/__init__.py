@@ -16,7 +16,7 @@ from .cohort import (
     generate_cohort,
     read_manifest,
 )
-from .layout import REGION_CODES, REGION_NAMES
+from .layout import REGION_CODES, REGION_COLORS, REGION_NAMES
 
 __all__ = ["GENERATOR_VERSION", "PROFILE_SPECS", "CohortSpec", "cohort_is_current", "ensure_cohort",
-           "fov_region_map", "generate_cohort", "read_manifest", "REGION_CODES", "REGION_NAMES"]
+           "fov_region_map", "generate_cohort", "read_manifest", "REGION_CODES", "REGION_COLORS", "REGION_NAMES"]

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from .morphology import KINDS, sample_outline
 
-__all__ = ["ARCHETYPES", "REGION_CODES", "REGION_NAMES", "RegionParams", "REGION_PARAMS", "Nucleus", "Structure", "RoiLayout",
+__all__ = ["ARCHETYPES", "REGION_CODES", "REGION_NAMES", "REGION_COLORS", "RegionParams", "REGION_PARAMS", "PlacedNucleus", "Structure", "RoiLayout",
            "make_roi"]
 
 #: Region codes of the ROI region maps (0 is unused).
@@ -31,6 +31,8 @@ REGION_CODES: dict[str, int] = {
     "necrosis_debris": 6,
 }
 REGION_NAMES: dict[int, str] = {v: k for k, v in REGION_CODES.items()}
+#: One colour per region code, for figures.
+REGION_COLORS: dict[int, str] = {1: "#e41a1c", 2: "#f0c419", 3: "#1f5fd1", 4: "#41b6e6", 5: "#4daf4a", 6: "#7f7f7f"}
 
 UM2_PER_PX2 = 0.2**2
 
@@ -64,8 +66,8 @@ REGION_PARAMS: dict[str, RegionParams] = {
 
 
 @dataclass
-class Nucleus:
-    """One nucleus in ROI pixel coordinates."""
+class PlacedNucleus:
+    """One nucleus in ROI pixel coordinates (its outline is a float polygon; see cohort.py for the integer one)."""
 
     raw_class: str
     region: int
@@ -97,7 +99,7 @@ class RoiLayout:
     regions: np.ndarray  # (size, size) uint8 region codes
     fibre_angle: np.ndarray  # (size // 8, size // 8) float radians, collagen direction (coarse grid)
     structures: list[Structure] = field(default_factory=list)
-    nuclei: list[Nucleus] = field(default_factory=list)
+    nuclei: list[PlacedNucleus] = field(default_factory=list)
     composition: dict[str, float] = field(default_factory=dict)
 
     def fibre_angle_at(self, x: float, y: float) -> float:
@@ -176,7 +178,7 @@ def _place_structures(rng: np.random.Generator, regions: np.ndarray, comp: dict)
 
 
 def _ring_nuclei(rng: np.random.Generator, s: Structure, cls: str, radius: float, spacing: float,
-                 region: int) -> list[Nucleus]:
+                 region: int) -> list[PlacedNucleus]:
     kind = KINDS[cls]
     n = max(2, int(2 * np.pi * radius / spacing))
     phase = rng.uniform(0, 2 * np.pi)
@@ -186,7 +188,7 @@ def _ring_nuclei(rng: np.random.Generator, s: Structure, cls: str, radius: float
         cx, cy = s.cx + radius * np.cos(t), s.cy + radius * np.sin(t)
         tangent = t + np.pi / 2 if cls != "ductal_epithelium" else None
         xs, ys, info = sample_outline(kind, rng, angle=None if tangent is None else tangent + rng.normal(0, 0.1))
-        out.append(Nucleus(cls, region, cx, cy, xs + cx, ys + cy, info["radius"], info["angle"],
+        out.append(PlacedNucleus(cls, region, cx, cy, xs + cx, ys + cy, info["radius"], info["angle"],
                            int(rng.integers(2**31))))
     return out
 
@@ -226,9 +228,9 @@ def make_roi(rng: np.random.Generator, size: int = 1024) -> RoiLayout:
     return layout
 
 
-def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[Nucleus]:
+def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[PlacedNucleus]:
     size = layout.size
-    placed: list[Nucleus] = []
+    placed: list[PlacedNucleus] = []
     for s in layout.structures:
         if s.kind == "duct":
             placed += _ring_nuclei(rng, s, "ductal_epithelium", s.lumen + 0.5 * (s.radius - s.lumen) - 4, 34,
@@ -290,7 +292,7 @@ def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[Nucleus]:
         if not free:
             continue
         grid.setdefault((int(x // cell), int(y // cell)), []).append(len(placed))
-        placed.append(Nucleus(cls, code, float(x), float(y), xs_ + x, ys_ + y, r, info["angle"],
+        placed.append(PlacedNucleus(cls, code, float(x), float(y), xs_ + x, ys_ + y, r, info["angle"],
                               int(rng.integers(2**31))))
     inside = [n for n in placed if 0 <= n.cx < size and 0 <= n.cy < size]
     return inside
