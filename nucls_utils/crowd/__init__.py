@@ -1,0 +1,14 @@
+"""Simulated crowd: participants with planted reliability, and the annotation study (single- and multi-rater)."""
+
+from .participants import GROUP_PRIORS, GroupPrior, Participant, make_roster, roster_frame
+from .study import (
+    EVALSETS,
+    CorrectionPolicy,
+    annotate_fov,
+    correct_annotations,
+    multi_rater_study,
+    single_rater_study,
+)
+
+__all__ = ["EVALSETS", "GROUP_PRIORS", "CorrectionPolicy", "GroupPrior", "Participant", "annotate_fov",
+           "correct_annotations", "make_roster", "multi_rater_study", "roster_frame", "single_rater_study"]

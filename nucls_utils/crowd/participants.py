@@ -1,0 +1,159 @@
+"""Simulated participants: pathologists (SP, JP) and non-pathologists (NP) with known reliability.
+
+Each participant's parameters are drawn from a prior of their group:
+
+* per-class **detection sensitivity** (fibroblasts hardest, sTILs easiest; pathologists more sensitive),
+* **false positives** per FOV (boxes where there is no nucleus),
+* **box jitter** (relative SD of each box edge),
+* a per-class **confusion matrix** over the 13 raw classes; NPs confuse lymphocyte/plasma cell, macrophage/tumor,
+  fibroblast/endothelium and tumor/mitosis more than pathologists and fall back on ``unlabeled`` more often,
+* **impressionability**: the chance of adopting a shown class suggestion instead of one's own label,
+* **click skill**: the chance of clicking a shown boundary that is good; bad boundaries are clicked rarely.
+
+Everything is drawn from an explicit ``numpy.random.Generator``; a roster is plain data (``to_frame``) so it can be
+written next to the study and planted values can be checked against what truth inference recovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import taxonomy as tx
+
+__all__ = ["GroupPrior", "GROUP_PRIORS", "Participant", "make_roster", "roster_frame", "CLASS_INDEX"]
+
+CLASSES = tx.RAW_CLASSES
+CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
+
+#: Classes that are commonly mistaken for one another (symmetric pairs).
+CONFUSABLE_PAIRS = (("lymphocyte", "plasma_cell"), ("macrophage", "tumor"), ("fibroblast", "vascular_endothelium"),
+                    ("tumor", "mitotic_figure"), ("fibroblast", "macrophage"), ("apoptotic_body", "lymphocyte"),
+                    ("ductal_epithelium", "tumor"), ("myoepithelium", "fibroblast"), ("neutrophil", "lymphocyte"),
+                    ("eosinophil", "plasma_cell"))
+
+# mean detection sensitivity per class, by group (pathologists, non-pathologists)
+_SENSITIVITY = {
+    "tumor": (0.92, 0.82), "fibroblast": (0.72, 0.45), "lymphocyte": (0.95, 0.88), "plasma_cell": (0.93, 0.82),
+    "macrophage": (0.8, 0.6), "mitotic_figure": (0.9, 0.75), "vascular_endothelium": (0.7, 0.45),
+    "myoepithelium": (0.7, 0.45), "apoptotic_body": (0.7, 0.5), "neutrophil": (0.8, 0.6),
+    "ductal_epithelium": (0.85, 0.7), "eosinophil": (0.8, 0.6), "unlabeled": (0.6, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class GroupPrior:
+    """Prior of a participant group."""
+
+    is_pathologist: bool
+    accuracy: float  # mean probability of the correct raw class
+    confusable_share: float  # share of errors that go to the confusable partner
+    unlabeled_share: float  # share of errors that go to 'unlabeled'
+    concentration: float  # Dirichlet concentration of a participant's confusion rows around the group's
+    sensitivity_sd: float  # SD on the logit scale
+    false_positives_per_fov: float
+    box_jitter: float
+    impressionability: float
+    click_skill: float
+    bad_click_rate: float = 0.05
+
+
+GROUP_PRIORS: dict[str, GroupPrior] = {
+    "SP": GroupPrior(True, 0.9, 0.6, 0.2, 300.0, 0.3, 0.6, 0.06, 0.2, 0.85),
+    "JP": GroupPrior(True, 0.85, 0.6, 0.2, 200.0, 0.4, 0.8, 0.07, 0.3, 0.8),
+    "NP": GroupPrior(False, 0.72, 0.65, 0.25, 60.0, 0.6, 1.5, 0.1, 0.5, 0.75, 0.08),
+}
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One participant and their (planted, known) reliability."""
+
+    alias: str
+    sensitivity: dict[str, float]
+    confusion: np.ndarray = field(repr=False)  # (13, 13), row = true raw class, column = label given
+    false_positives_per_fov: float
+    box_jitter: float
+    impressionability: float
+    click_skill: float
+    bad_click_rate: float
+
+    @property
+    def group(self) -> str:
+        return tx.participant_group(self.alias)
+
+    @property
+    def is_pathologist(self) -> bool:
+        return tx.is_pathologist(self.alias)
+
+
+def _group_confusion(prior: GroupPrior) -> np.ndarray:
+    k = len(CLASSES)
+    cm = np.zeros((k, k))
+    partners = {c: [] for c in CLASSES}
+    for a, b in CONFUSABLE_PAIRS:
+        partners[a].append(b)
+        partners[b].append(a)
+    u = CLASS_INDEX["unlabeled"]
+    for c in CLASSES:
+        i = CLASS_INDEX[c]
+        err = 1 - prior.accuracy
+        cm[i, i] = prior.accuracy
+        if c == "unlabeled":
+            cm[i, :] += err / (k - 1)
+            cm[i, i] = prior.accuracy
+            continue
+        cm[i, u] += err * prior.unlabeled_share
+        for p in partners[c]:
+            cm[i, CLASS_INDEX[p]] += err * prior.confusable_share / len(partners[c])
+        rest = err * (1 - prior.unlabeled_share - (prior.confusable_share if partners[c] else 0.0))
+        others = [j for j in range(k) if j != i and j != u]
+        cm[i, others] += rest / len(others)
+    return cm / cm.sum(1, keepdims=True)
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def _draw(alias: str, prior: GroupPrior, rng: np.random.Generator) -> Participant:
+    base = _group_confusion(prior)
+    confusion = np.vstack([rng.dirichlet(row * prior.concentration + 1e-3) for row in base])
+    col = 0 if prior.is_pathologist else 1
+    skill = rng.normal(0, prior.sensitivity_sd)  # a participant is consistently more or less thorough
+    sens = {c: float(1 / (1 + np.exp(-(_logit(v[col]) + skill + rng.normal(0, 0.15)))))
+            for c, v in _SENSITIVITY.items()}
+    return Participant(
+        alias, sens, confusion,
+        false_positives_per_fov=float(prior.false_positives_per_fov * np.exp(rng.normal(0, 0.4))),
+        box_jitter=float(prior.box_jitter * np.exp(rng.normal(0, 0.2))),
+        impressionability=float(np.clip(rng.normal(prior.impressionability, 0.1), 0, 1)),
+        click_skill=float(np.clip(rng.normal(prior.click_skill, 0.08), 0, 1)),
+        bad_click_rate=prior.bad_click_rate,
+    )
+
+
+def make_roster(rng: np.random.Generator, n_sp: int = 3, n_jp: int = 4, n_np: int = 32,
+                priors: dict[str, GroupPrior] | None = None) -> list[Participant]:
+    """A roster like the paper's: 7 pathologists (SPs and JPs) and 32 NPs, aliases ``SP.1``, ``JP.1``, ``NP.1``."""
+    priors = priors or GROUP_PRIORS
+    out = []
+    for group, n in (("SP", n_sp), ("JP", n_jp), ("NP", n_np)):
+        out += [_draw(f"{group}.{i + 1}", priors[group], rng) for i in range(n)]
+    return out
+
+
+def roster_frame(roster: list[Participant]) -> pd.DataFrame:
+    """One row per participant: group, planted accuracy (mean diagonal of the confusion), mean sensitivity, FP
+    rate, jitter, impressionability, click skill."""
+    rows = []
+    for p in roster:
+        rows.append({"participant": p.alias, "group": p.group, "is_pathologist": p.is_pathologist,
+                     "accuracy": float(np.diag(p.confusion).mean()),
+                     "mean_sensitivity": float(np.mean(list(p.sensitivity.values()))),
+                     **{f"sensitivity_{c}": v for c, v in p.sensitivity.items()},
+                     "false_positives_per_fov": p.false_positives_per_fov, "box_jitter": p.box_jitter,
+                     "impressionability": p.impressionability, "click_skill": p.click_skill})
+    return pd.DataFrame(rows)

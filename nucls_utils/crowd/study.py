@@ -1,0 +1,195 @@
+"""The simulated annotation study: participants annotate FOVs, with or without algorithmic suggestions.
+
+* :func:`annotate_fov`: one participant, one FOV. Each true nucleus is detected with the participant's per-class
+  sensitivity and labelled through their confusion matrix; where a suggestion overlaps it, the participant adopts the
+  suggested class with their impressionability and clicks the suggested boundary when it is good (box IOU with the
+  true nucleus >= ``good_boundary_iou``) with their click skill, or rarely when it is bad; otherwise they draw a box
+  (edges jittered). False positives are boxes where there is no nucleus.
+* :func:`single_rater_study`: each FOV annotated by one NP, shown suggestions (the uncorrected data), and a corrected
+  version in which coordinators fix most errors, marking fixes with the ``correction_`` prefix, as in the release.
+* :func:`multi_rater_study`: a shared set of FOVs annotated in three sets, U-control (no suggestions), B-control
+  (bootstrapped suggestions) and E (refined suggestions), by every pathologist and many NPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import taxonomy as tx
+from ..evaluation import match_boxes
+from ..io.dataset import FovRecord, Nucleus
+from .participants import CLASS_INDEX, CLASSES, Participant
+
+__all__ = ["annotate_fov", "CorrectionPolicy", "correct_annotations", "single_rater_study", "multi_rater_study",
+           "EVALSETS"]
+
+EVALSETS = ("U-control", "B-control", "E")
+
+
+def _boxes(nuclei: Sequence[Nucleus]) -> np.ndarray:
+    return np.array([n.box for n in nuclei], dtype=float).reshape(-1, 4)
+
+
+def _jittered_box(n: Nucleus, jitter: float, shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, ...]:
+    h, w = shape
+    bw, bh = n.xmax - n.xmin, n.ymax - n.ymin
+    d = rng.normal(0, jitter, 4) * np.array([bw, bh, bw, bh])
+    x0 = int(np.clip(round(n.xmin + d[0]), 0, w - 3))
+    y0 = int(np.clip(round(n.ymin + d[1]), 0, h - 3))
+    x1 = int(np.clip(round(n.xmax + d[2]), x0 + 2, w))
+    y1 = int(np.clip(round(n.ymax + d[3]), y0 + 2, h))
+    return x0, y0, x1, y1
+
+
+def _relabel(n: Nucleus, label: str) -> Nucleus:
+    if n.is_polygon:
+        return Nucleus.from_polygon(label, n.coords_x, n.coords_y)
+    return Nucleus.from_box(label, n.xmin, n.ymin, n.xmax, n.ymax)
+
+
+def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[int, int], rng: np.random.Generator,
+                 suggestions: Sequence[Nucleus] | None = None, good_boundary_iou: float = 0.7) -> list[Nucleus]:
+    """One participant's annotations of one FOV (see the module docstring).
+
+    Parameters
+    ----------
+    p : Participant
+    truth : sequence of Nucleus
+        The true nuclei of the FOV.
+    image_shape : (H, W)
+    rng : numpy.random.Generator
+    suggestions : sequence of Nucleus, optional
+        Algorithmic suggestions shown to the participant (polylines with a suggested class).
+    good_boundary_iou : float
+        A suggested boundary is good when its box IOU with the true nucleus reaches this.
+    """
+    out: list[Nucleus] = []
+    sug_of: dict[int, tuple[int, float]] = {}
+    if suggestions:
+        ti, si, iou = match_boxes(_boxes(truth), _boxes(suggestions), min_iou=0.3)
+        sug_of = {int(a): (int(b), float(c)) for a, b, c in zip(ti, si, iou, strict=True)}
+    matched_sug = {b for b, _ in sug_of.values()}
+    for k, n in enumerate(truth):
+        if rng.random() >= p.sensitivity[n.raw_class]:
+            continue
+        label = CLASSES[rng.choice(len(CLASSES), p=p.confusion[CLASS_INDEX[n.raw_class]])]
+        geometry = None
+        if k in sug_of:
+            b, iou = sug_of[k]
+            s = suggestions[b]
+            if rng.random() < p.impressionability:
+                label = s.raw_class
+            good = iou >= good_boundary_iou
+            if rng.random() < (p.click_skill if good else p.bad_click_rate):
+                geometry = s
+        if geometry is not None:
+            out.append(_relabel(geometry, label))
+        else:
+            out.append(Nucleus.from_box(label, *_jittered_box(n, p.box_jitter, image_shape, rng)))
+    # suggestions on no nucleus are sometimes clicked; otherwise a few boxes are drawn where nothing is
+    if suggestions:
+        for b, s in enumerate(suggestions):
+            if b not in matched_sug and rng.random() < p.bad_click_rate:
+                out.append(s)
+    h, w = image_shape
+    for _ in range(int(rng.poisson(p.false_positives_per_fov))):
+        side = float(np.exp(rng.normal(np.log(28), 0.3)))
+        x0 = float(rng.uniform(0, max(w - side, 1)))
+        y0 = float(rng.uniform(0, max(h - side, 1)))
+        label = CLASSES[rng.choice(len(CLASSES), p=_FP_LABELS)]
+        out.append(Nucleus.from_box(label, int(x0), int(y0), int(min(x0 + side, w)), int(min(y0 + side, h))))
+    return out
+
+
+# labels given to false positives: mostly 'unlabeled' and the common classes
+_FP_LABELS = np.array([{"unlabeled": 0.4, "lymphocyte": 0.2, "tumor": 0.15, "fibroblast": 0.15,
+                        "plasma_cell": 0.05, "macrophage": 0.05}.get(c, 0.0) for c in CLASSES])
+_FP_LABELS = _FP_LABELS / _FP_LABELS.sum()
+
+
+@dataclass(frozen=True)
+class CorrectionPolicy:
+    """How thoroughly the coordinators correct a single-rater FOV."""
+
+    fix_label: float = 0.9  # a wrong class is corrected
+    remove_false_positive: float = 0.9  # a box on no nucleus is removed
+    add_missed: float = 0.6  # a missed nucleus is added (as a box)
+
+
+def correct_annotations(truth: Sequence[Nucleus], annotations: Sequence[Nucleus], rng: np.random.Generator,
+                        policy: CorrectionPolicy = CorrectionPolicy()) -> list[Nucleus]:
+    """The QC-corrected version of one FOV's single-rater annotations; fixes carry the ``correction_`` prefix."""
+    ti, ai, _ = match_boxes(_boxes(truth), _boxes(annotations), min_iou=0.5)
+    truth_of = dict(zip(ai.tolist(), ti.tolist(), strict=True))
+    out = []
+    for j, a in enumerate(annotations):
+        if j not in truth_of:
+            if rng.random() < policy.remove_false_positive:
+                continue
+            out.append(a)
+            continue
+        true_cls = truth[truth_of[j]].raw_class
+        if a.raw_class != true_cls and rng.random() < policy.fix_label:
+            a = _relabel(a, tx.CORRECTION_PREFIX + true_cls)
+        out.append(a)
+    found = set(ti.tolist())
+    for k, n in enumerate(truth):
+        if k not in found and rng.random() < policy.add_missed:
+            out.append(Nucleus.from_box(tx.CORRECTION_PREFIX + n.raw_class, n.xmin, n.ymin, n.xmax, n.ymax))
+    return out
+
+
+def single_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant], rng: np.random.Generator,
+                       suggestions: Mapping[str, Sequence[Nucleus]] | None = None,
+                       policy: CorrectionPolicy = CorrectionPolicy()
+                       ) -> tuple[list[FovRecord], list[FovRecord], pd.DataFrame]:
+    """Each FOV annotated by one NP (shown ``suggestions`` when given); returns uncorrected records, corrected records
+    and the assignment table (``fovname, participant``). NPs take unequal shares of the FOVs, as volunteers do."""
+    nps = [p for p in roster if not p.is_pathologist]
+    if not nps:
+        raise ValueError("the roster has no NPs")
+    weights = rng.dirichlet(np.full(len(nps), 0.8))
+    raw, fixed, rows = [], [], []
+    for r in records:
+        p = nps[int(rng.choice(len(nps), p=weights))]
+        ann = annotate_fov(p, r.nuclei, r.image_shape, rng, None if suggestions is None else suggestions.get(r.name))
+        raw.append(FovRecord(r.name, r.image_shape, tuple(ann), r.fov_rect, r.rgb_path))
+        fixed.append(FovRecord(r.name, r.image_shape, tuple(correct_annotations(r.nuclei, ann, rng, policy)),
+                               r.fov_rect, r.rgb_path))
+        rows.append((r.name, p.alias))
+    return raw, fixed, pd.DataFrame(rows, columns=["fovname", "participant"])
+
+
+def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant], rng: np.random.Generator,
+                      suggestions: Mapping[str, Mapping[str, Sequence[Nucleus]]], nps_per_fov: tuple[int, int] = (10, 20)
+                      ) -> dict[tuple[str, str, str], list[Nucleus]]:
+    """Every FOV of ``records`` annotated in each set of :data:`EVALSETS` by all pathologists and a random subset of
+    NPs (between ``nps_per_fov[0]`` and ``nps_per_fov[1]``, the same NPs in every set).
+
+    Parameters
+    ----------
+    suggestions : mapping set -> (fovname -> suggestions)
+        Suggestions shown in each set; a set missing from the mapping (U-control) shows none.
+
+    Returns
+    -------
+    dict ``(set, participant, fovname) -> annotations``; an empty list means "annotated the FOV, found nothing".
+    """
+    ps = [p for p in roster if p.is_pathologist]
+    nps = [p for p in roster if not p.is_pathologist]
+    lo, hi = nps_per_fov
+    hi = min(hi, len(nps))
+    lo = min(lo, hi)
+    out: dict[tuple[str, str, str], list[Nucleus]] = {}
+    for r in records:
+        k = int(rng.integers(lo, hi + 1))
+        chosen = [nps[i] for i in sorted(rng.choice(len(nps), size=k, replace=False))]
+        for evalset in EVALSETS:
+            shown = suggestions.get(evalset, {}).get(r.name)
+            for p in ps + chosen:
+                out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, rng, shown)
+    return out

@@ -1,0 +1,121 @@
+"""The simulated crowd: planted behaviour comes out as planted; multi-rater files round-trip exactly."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nucls_utils import io as nio
+from nucls_utils.crowd import (
+    CorrectionPolicy,
+    annotate_fov,
+    make_roster,
+    multi_rater_study,
+    roster_frame,
+    single_rater_study,
+)
+from nucls_utils.evaluation import match_boxes
+from nucls_utils.phantom import generate_cohort
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = generate_cohort(tmp_path_factory.mktemp("crowd") / "smoke", "smoke", 0, progress=False)
+    return nio.read_dataset(root)
+
+
+def _perfect(p):
+    return replace(p, sensitivity=dict.fromkeys(p.sensitivity, 1.0), confusion=np.eye(13),
+                   false_positives_per_fov=0.0, impressionability=0.0, bad_click_rate=0.0)
+
+
+def _labels_vs_truth(truth, ann):
+    t, a, _ = match_boxes(np.array([n.box for n in truth]), np.array([n.box for n in ann]).reshape(-1, 4), 0.3)
+    return [(truth[i].raw_class, ann[j].raw_class) for i, j in zip(t, a, strict=True)]
+
+
+def test_planted_perfect_participant_gives_only_correct_labels(smoke):
+    rng = np.random.default_rng(0)
+    p = _perfect(make_roster(rng, 0, 0, 1)[0])
+    for r in smoke:
+        ann = annotate_fov(p, r.nuclei, r.image_shape, rng)
+        assert len(ann) == len(r.nuclei)
+        pairs = _labels_vs_truth(r.nuclei, ann)
+        assert len(pairs) == len(r.nuclei) and all(a == b for a, b in pairs)
+
+
+def test_pathologists_label_better_than_nps(smoke):
+    rng = np.random.default_rng(1)
+    roster = make_roster(rng)
+    acc = {"P": [], "NP": []}
+    for p in roster:
+        pairs = [pr for r in smoke for pr in _labels_vs_truth(r.nuclei, annotate_fov(p, r.nuclei, r.image_shape, rng))]
+        acc["P" if p.is_pathologist else "NP"].append(np.mean([a == b for a, b in pairs]))
+    assert np.mean(acc["P"]) > np.mean(acc["NP"]) + 0.08
+    frame = roster_frame(roster)
+    assert (frame.groupby("group")["participant"].count().to_dict()) == {"JP": 4, "NP": 32, "SP": 3}
+
+
+def test_clicks_and_impressionability(smoke):
+    rng = np.random.default_rng(2)
+    base = _perfect(make_roster(rng, 0, 0, 1)[0])
+    r = max(smoke, key=lambda x: len(x.nuclei))
+    # suggestions = the true outlines, all labelled 'tumor'
+    sug = [nio.Nucleus.from_polygon("tumor", n.coords_x, n.coords_y) for n in r.nuclei]
+    clicker = replace(base, click_skill=1.0, impressionability=1.0)
+    ann = annotate_fov(clicker, r.nuclei, r.image_shape, rng, sug)
+    assert all(a.type == "polyline" and a.raw_class == "tumor" for a in ann)
+    assert sorted(a.box for a in ann) == sorted(n.box for n in r.nuclei)
+    sceptic = replace(base, click_skill=0.0, impressionability=0.0)
+    ann = annotate_fov(sceptic, r.nuclei, r.image_shape, rng, sug)
+    assert all(a.type == "rectangle" for a in ann)
+    assert sorted(a.raw_class for a in ann) == sorted(n.raw_class for n in r.nuclei)
+
+
+def test_single_rater_correction_fixes_errors(smoke):
+    rng = np.random.default_rng(3)
+    roster = make_roster(rng)
+    raw, fixed, assignment = single_rater_study(smoke, roster, rng, policy=CorrectionPolicy(1.0, 1.0, 1.0))
+    assert set(assignment["participant"].str[:3]) == {"NP."}
+    for t, f in zip(smoke, fixed, strict=True):
+        pairs = _labels_vs_truth(t.nuclei, f.nuclei)
+        assert len(pairs) == len(t.nuclei)  # every missed nucleus was added
+        assert all(a == b for a, b in pairs)  # and every label fixed
+    n_corr = sum(n.raw_classification.startswith("correction_") for f in fixed for n in f.nuclei)
+    assert n_corr > 0
+    assert sum(len(f.nuclei) for f in raw) != sum(len(f.nuclei) for f in fixed)
+
+
+def test_multirater_round_trip_and_determinism(smoke, tmp_path):
+    def study(seed):
+        rng = np.random.default_rng(seed)
+        roster = make_roster(rng)
+        sug = {"E": {r.name: [nio.Nucleus.from_polygon(n.raw_class, n.coords_x, n.coords_y) for n in r.nuclei]
+                     for r in smoke}}
+        return multi_rater_study(smoke[:4], roster, rng, sug, nps_per_fov=(16, 20))
+
+    sim = study(5)
+    assert sim == study(5)
+    assert sim != study(6)
+    assert {k[0] for k in sim} == {"U-control", "B-control", "E"}
+    per_fov = {}
+    for evalset, participant, fov in sim:
+        if evalset == "E" and participant.startswith("NP"):
+            per_fov[fov] = per_fov.get(fov, 0) + 1
+    assert min(per_fov.values()) >= 16
+    sim[("E", "NP.99", smoke[0].name)] = []  # annotated the FOV, found nothing: an empty CSV
+    nio.write_multirater(sim, tmp_path / "mr", {r.name: r.rgb_path for r in smoke})
+    back = nio.read_multirater(tmp_path / "mr")
+    assert back == {k: tuple(v) for k, v in sim.items()}
+    assert back[("E", "NP.99", smoke[0].name)] == ()
+    frame = nio.multirater_frame(back)
+    assert len(frame[frame["index"] >= 0]) == sum(len(v) for v in sim.values())
+    assert (tmp_path / "mr" / "E" / "rgb" / f"{smoke[0].name}.png").exists()
+
+
+def test_multirater_reader_errors(tmp_path):
+    with pytest.raises(nio.NuclsFormatError, match="no multi-rater CSV"):
+        (tmp_path / "empty").mkdir()
+        nio.read_multirater(tmp_path / "empty")
+    with pytest.raises(nio.NuclsFormatError, match="multi-rater folder not found"):
+        nio.read_multirater(tmp_path / "nope")
