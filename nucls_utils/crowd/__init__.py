@@ -1,6 +1,7 @@
 """Simulated crowd: participants with planted reliability, and the annotation study (single- and multi-rater)."""
 
 from .participants import GROUP_PRIORS, GroupPrior, Participant, make_roster, roster_frame
+from .pipeline import write_annotation_study
 from .study import (
     EVALSETS,
     CorrectionPolicy,
@@ -11,4 +12,5 @@ from .study import (
 )
 
 __all__ = ["EVALSETS", "GROUP_PRIORS", "CorrectionPolicy", "GroupPrior", "Participant", "annotate_fov",
-           "correct_annotations", "make_roster", "multi_rater_study", "roster_frame", "single_rater_study"]
+           "correct_annotations", "make_roster", "multi_rater_study", "roster_frame", "single_rater_study",
+           "write_annotation_study"]

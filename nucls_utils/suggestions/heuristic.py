@@ -173,9 +173,14 @@ def bootstrap_classes(instances: np.ndarray, object_region: dict[int, int], regi
     return out
 
 
-def instances_to_nuclei(instances: np.ndarray, classes: dict[int, str], tolerance: float = 0.75) -> list[Nucleus]:
-    """Polyline nuclei (integer pixel-corner outlines) from an instance image and a class per object."""
-    out = []
+def instances_to_nuclei(instances: np.ndarray, classes: dict[int, str], tolerance: float = 0.75,
+                        return_labels: bool = False) -> list[Nucleus] | tuple[list[Nucleus], list[int]]:
+    """Polyline nuclei (integer pixel-corner outlines) from an instance image and a class per object.
+
+    Objects without a class, or whose outline collapses to fewer than 3 points, are left out; with
+    ``return_labels`` the instance id of each returned nucleus comes too.
+    """
+    out, kept = [], []
     for p in regionprops(instances):
         if p.label not in classes:
             continue
@@ -191,7 +196,8 @@ def instances_to_nuclei(instances: np.ndarray, classes: dict[int, str], toleranc
         if len(np.unique(np.stack([xs, ys], 1), axis=0)) < 3:
             continue
         out.append(Nucleus.from_polygon(classes[p.label], xs.tolist(), ys.tolist()))
-    return out
+        kept.append(p.label)
+    return (out, kept) if return_labels else out
 
 
 def bootstrap_suggestions(rgb: np.ndarray, regions: np.ndarray | None = None,
