@@ -20,8 +20,9 @@ from .refine import (
     refine_fov,
     train_refiner,
 )
+from .run import bootstrap_dataset, refine_dataset
 
 __all__ = ["LYMPHOCYTE_RICH_REGIONS", "REFINER_PROFILES", "REGION_TO_CLASS", "SUGGESTION_CLASSES",
-           "HeuristicParams", "RefinerConfig", "bootstrap_classes", "bootstrap_suggestions", "build_refiner",
+           "HeuristicParams", "RefinerConfig", "bootstrap_classes", "bootstrap_dataset", "refine_dataset", "bootstrap_suggestions", "build_refiner",
            "fov_sampling_features", "hematoxylin", "instances_to_nuclei", "per_fov_scores", "refine_fov",
            "segment_nuclei", "stratified_fov_sample", "suggestion_table", "train_refiner"]
