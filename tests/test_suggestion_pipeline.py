@@ -102,3 +102,22 @@ def test_annotation_study_is_written_and_reads_back(cohort, tmp_path):
     # U-control had no suggestions, so nobody could click a boundary there
     assert all(n.type == "rectangle" for (s, _, _), v in mr.items() if s == "U-control" for n in v)
     assert pd.read_csv(out / "participants.csv")["group"].value_counts().to_dict() == {"NP": 18, "SP": 2, "JP": 2}
+
+
+def test_dataset_runner_and_figures(cohort, tmp_path):
+    from nucls_utils import plotting
+    from nucls_utils.phantom import REGION_COLORS
+    from nucls_utils.suggestions import bootstrap_dataset, per_fov_scores
+
+    root, records, images, boot = cohort
+    assert bootstrap_dataset(records[:3], root, progress=False) == boot[:3]
+    rows = [{"rgb": images[i], "regions": fov_region_map(root, records[i].name), "bootstrap": boot[i],
+             "refined": boot[i], "truth": list(records[i].nuclei), "title": records[i].name[:16]} for i in (0, 1)]
+    fig = plotting.plot_suggestion_examples(rows, REGION_COLORS)
+    assert plotting.save_figure(fig, "figS2_test", tmp_path)[0].stat().st_size > 10_000
+    scores = per_fov_scores([r.nuclei for r in records], boot)
+    assert len(scores) == len(records) and scores["F1"].between(0, 100).all()
+    fig = plotting.plot_per_fov_comparison(scores["F1"], scores["F1"] * 0.9, "a", "b", "detection F1")
+    assert "better in 0 %" in fig.axes[0].get_title()
+    hist = pd.DataFrame({"iteration": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "loss_mask": [0.7, 0.6, 0.5]})
+    assert len(plotting.plot_training_loss(hist).axes[0].lines) == 2
