@@ -41,3 +41,11 @@ def small_dataset(sample_dir: Path, tmp_path: Path) -> Path:
         shutil.copyfile(csv, root / "csv" / csv.name)
         shutil.copyfile(sample_dir / "rgb" / f"{csv.stem}.png", root / "rgb" / f"{csv.stem}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_cohort(tmp_path_factory) -> Path:
+    """The smoke-profile synthetic cohort (seed 0), generated once per test session."""
+    from nucls_utils.phantom import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("syn") / "smoke", "smoke", 0, progress=False)

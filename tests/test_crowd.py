@@ -15,13 +15,11 @@ from nucls_utils.crowd import (
     single_rater_study,
 )
 from nucls_utils.evaluation import match_boxes
-from nucls_utils.phantom import generate_cohort
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = generate_cohort(tmp_path_factory.mktemp("crowd") / "smoke", "smoke", 0, progress=False)
-    return nio.read_dataset(root)
+def smoke(smoke_cohort):
+    return nio.read_dataset(smoke_cohort)
 
 
 def _perfect(p):

@@ -18,11 +18,6 @@ def cpu_cohort(tmp_path_factory) -> Path:
     return cohort.generate_cohort(tmp_path_factory.mktemp("syn") / "cpu", "cpu", 0, progress=False)
 
 
-@pytest.fixture(scope="session")
-def smoke_cohort(tmp_path_factory) -> Path:
-    return cohort.generate_cohort(tmp_path_factory.mktemp("syn") / "smoke", "smoke", 0, progress=False)
-
-
 def _hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}

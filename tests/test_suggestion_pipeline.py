@@ -10,7 +10,7 @@ from sklearn.metrics import matthews_corrcoef
 
 from nucls_utils import io as nio
 from nucls_utils.crowd import make_roster, write_annotation_study
-from nucls_utils.phantom import REGION_NAMES, fov_region_map, generate_cohort
+from nucls_utils.phantom import REGION_NAMES, fov_region_map
 from nucls_utils.suggestions import (
     RefinerConfig,
     bootstrap_suggestions,
@@ -24,8 +24,8 @@ from nucls_utils.suggestions import (
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = generate_cohort(tmp_path_factory.mktemp("sp") / "smoke", "smoke", 0, progress=False)
+def cohort(smoke_cohort):
+    root = smoke_cohort
     records = nio.read_dataset(root)
     images = [r.read_rgb() for r in records]
     boot = [bootstrap_suggestions(im, fov_region_map(root, r.name), REGION_NAMES)

@@ -6,13 +6,13 @@ from skimage.measure import regionprops
 
 from nucls_utils import io as nio
 from nucls_utils.evaluation import DetectionCounts, detection_counts, match_boxes
-from nucls_utils.phantom import REGION_NAMES, fov_region_map, generate_cohort
+from nucls_utils.phantom import REGION_NAMES, fov_region_map
 from nucls_utils.suggestions import HeuristicParams, bootstrap_classes, bootstrap_suggestions, segment_nuclei
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    return generate_cohort(tmp_path_factory.mktemp("sug") / "smoke", "smoke", 0, progress=False)
+def smoke(smoke_cohort):
+    return smoke_cohort
 
 
 def _boxes(instances):
