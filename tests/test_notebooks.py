@@ -131,3 +131,23 @@ def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
     again = subprocess.run([str(REPO / "run_all.sh"), "--only", "01", "--profile", "smoke", "--out", str(out)],
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "up to date, reused" in again.stdout
+
+
+@pytest.mark.slow
+def test_run_all_notebook_02_smoke(tmp_path):
+    if not _venv_python().exists():
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+    out = tmp_path / "out"
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--only", "02", "--profile", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s2 = pd.read_csv(out / "tables" / "tableS2_suggestion_accuracy.csv")
+    assert set(s2["suggestions"]) == {"bootstrap", "refined"}
+    assert set(s2["reference"]) == {"corrected single-rater", "exact truth"}
+    boot = s2[(s2["suggestions"] == "bootstrap") & (s2["reference"] == "exact truth")].iloc[0]
+    assert 30 < boot["F1"] <= 100
+    study = out / "results" / "synthetic_smoke" / "02_suggestions" / "study"
+    assert len(list((study / "singlerater" / "corrected" / "csv").glob("*.csv"))) == 10
+    assert {p.name for p in (study / "multirater").iterdir() if p.is_dir()} == {"U-control", "B-control", "E"}
+    for name in ("figS2_suggestion_examples", "figS4_suggestion_accuracy_per_fov", "figS2_refinement_training"):
+        assert (out / "figures" / f"{name}.png").exists()

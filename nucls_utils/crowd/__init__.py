@@ -6,11 +6,12 @@ from .study import (
     EVALSETS,
     CorrectionPolicy,
     annotate_fov,
+    clicked_share,
     correct_annotations,
     multi_rater_study,
     single_rater_study,
 )
 
-__all__ = ["EVALSETS", "GROUP_PRIORS", "CorrectionPolicy", "GroupPrior", "Participant", "annotate_fov",
+__all__ = ["EVALSETS", "GROUP_PRIORS", "CorrectionPolicy", "GroupPrior", "Participant", "annotate_fov", "clicked_share",
            "correct_annotations", "make_roster", "multi_rater_study", "roster_frame", "single_rater_study",
            "write_annotation_study"]

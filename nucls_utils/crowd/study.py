@@ -25,7 +25,7 @@ from ..io.dataset import FovRecord, Nucleus
 from .participants import CLASS_INDEX, CLASSES, Participant
 
 __all__ = ["annotate_fov", "CorrectionPolicy", "correct_annotations", "single_rater_study", "multi_rater_study",
-           "EVALSETS"]
+           "EVALSETS", "clicked_share"]
 
 EVALSETS = ("U-control", "B-control", "E")
 
@@ -192,4 +192,18 @@ def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant
             shown = suggestions.get(evalset, {}).get(r.name)
             for p in ps + chosen:
                 out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, rng, shown)
+    return out
+
+
+def clicked_share(annotations: Mapping[tuple[str, str, str], Sequence[Nucleus]], evalset: str) -> pd.DataFrame:
+    """Per participant of a multi-rater set: annotations, clicked boundaries (polylines) and their share (percent)."""
+    rows: dict[str, list[int]] = {}
+    for (s, participant, _), nuclei in annotations.items():
+        if s != evalset:
+            continue
+        n, c = rows.get(participant, [0, 0])
+        rows[participant] = [n + len(nuclei), c + sum(x.is_polygon for x in nuclei)]
+    out = pd.DataFrame([(p, tx.participant_group(p), n, c) for p, (n, c) in sorted(rows.items())],
+                       columns=["participant", "group", "annotations", "clicked"])
+    out["clicked_percent"] = 100 * out["clicked"] / out["annotations"].clip(lower=1)
     return out
