@@ -47,6 +47,13 @@ def _venv_python() -> Path:
     return Path(os.environ.get("NUCLS_VENV", REPO / ".venv")) / "bin" / "python"
 
 
+def _run_all(*args: str) -> subprocess.CompletedProcess:
+    """Run ./run_all.sh with ``args`` (skips the test when the project environment is absent)."""
+    if not _venv_python().exists():
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+    return subprocess.run([str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=900)
+
+
 def test_run_all_help_and_bad_options():
     out = subprocess.run([str(REPO / "run_all.sh"), "--help"], capture_output=True, text=True, check=True)
     for opt in ("--data", "--profile", "--only", "--help"):
@@ -59,12 +66,9 @@ def test_run_all_help_and_bad_options():
 
 @pytest.mark.slow
 def test_run_all_notebook_01_on_real_sample(sample_dir, metadata_path, tmp_path):
-    if not _venv_python().exists():
-        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
     out = tmp_path / "out"
-    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(sample_dir), "--metadata", str(metadata_path),
-                           "--only", "01", "--profile", "smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = _run_all("--data", str(sample_dir), "--metadata", str(metadata_path), "--only", "01", "--profile", "smoke",
+                    "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "01_data_prep.ipynb" in proc.stdout and "figures written:" in proc.stdout
     for name in ("figS9_instances_and_sizes", "fig1a_class_counts", "fig6c_class_by_fold"):
@@ -92,8 +96,6 @@ def test_run_all_notebook_01_on_real_sample(sample_dir, metadata_path, tmp_path)
 
 @pytest.mark.slow
 def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
-    if not _venv_python().exists():
-        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
     broken = tmp_path / "broken"
     (broken / "csv").mkdir(parents=True)
     (broken / "rgb").mkdir()
@@ -101,8 +103,7 @@ def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
     (broken / "csv" / csv.name).write_text(csv.read_text().replace("lymphocyte", "lymphocite", 1))
     (broken / "rgb" / f"{csv.stem}.png").write_bytes((sample_dir / "rgb" / f"{csv.stem}.png").read_bytes())
     out = tmp_path / "out"
-    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(broken), "--only", "01", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = _run_all("--data", str(broken), "--only", "01", "--out", str(out))
     assert proc.returncode == 1
     assert "notebook 01_data_prep.ipynb FAILED" in proc.stderr
     assert "failing cell: #" in proc.stderr
@@ -112,11 +113,8 @@ def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
 
 @pytest.mark.slow
 def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
-    if not _venv_python().exists():
-        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
     out = tmp_path / "out"
-    proc = subprocess.run([str(REPO / "run_all.sh"), "--only", "01", "--profile", "smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = _run_all("--only", "01", "--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "synthetic cohort (smoke, seed 0)" in proc.stdout
     for name in ("nb01_example_fovs", "nb01_ground_truth_overlay", "nb01_stain_densities", "figS9_instances_and_sizes"):
@@ -128,18 +126,14 @@ def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
     ann = pd.read_csv(out / "results" / "synthetic_smoke" / "01_data_prep" / "annotations.csv")
     assert (ann["type"] == "polyline").all()
     # a second run reuses the cached cohort
-    again = subprocess.run([str(REPO / "run_all.sh"), "--only", "01", "--profile", "smoke", "--out", str(out)],
-                           capture_output=True, text=True, timeout=900)
+    again = _run_all("--only", "01", "--profile", "smoke", "--out", str(out))
     assert again.returncode == 0 and "up to date, reused" in again.stdout
 
 
 @pytest.mark.slow
 def test_run_all_notebook_02_smoke(tmp_path):
-    if not _venv_python().exists():
-        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
     out = tmp_path / "out"
-    proc = subprocess.run([str(REPO / "run_all.sh"), "--only", "02", "--profile", "smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = _run_all("--only", "02", "--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s2 = pd.read_csv(out / "tables" / "tableS2_suggestion_accuracy.csv")
     assert set(s2["suggestions"]) == {"bootstrap", "refined"}
