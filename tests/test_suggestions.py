@@ -70,3 +70,59 @@ def test_sigma_is_set_in_microns():
     assert p.sigma_px("lymphocytic_infiltrate") == pytest.approx(2.0)
     assert p.sigma_px("tumor") == pytest.approx(5.0)
     assert HeuristicParams(mpp=0.25).sigma_px("tumor") == pytest.approx(4.0)
+
+
+class _FixedDetector:
+    """Stands in for a trained Mask R-CNN: returns the same detections for any image."""
+
+    def __init__(self, boxes, scores, labels, shape):
+        import torch
+
+        self.transform = type("T", (), {"min_size": (0,), "max_size": 0})()
+        masks = torch.zeros((len(boxes), 1, *shape))
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            masks[k, 0, y0:y1, x0:x1] = 1.0
+        self.out = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    "scores": torch.tensor(scores, dtype=torch.float32),
+                    "labels": torch.tensor(labels, dtype=torch.int64), "masks": masks}
+
+    def eval(self):
+        return self
+
+    def __call__(self, images):
+        return [self.out]
+
+
+def test_refine_fov_keeps_one_nucleus_per_object_across_classes():
+    from nucls_utils.suggestions import refine_fov
+
+    rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+    # the same nucleus predicted as tumor (0.9) and as lymphocyte (0.6); a separate nucleus (0.8); a weak one (0.2)
+    det = _FixedDetector([(10, 10, 30, 30), (11, 10, 30, 31), (40, 40, 55, 52), (2, 45, 12, 60)], [0.9, 0.6, 0.8, 0.2],
+                         [1, 3, 2, 1], (64, 64))
+    nuclei, conf = refine_fov(det, rgb, score_threshold=0.5)
+    assert sorted(conf) == pytest.approx([0.8, 0.9])
+    assert sorted(n.raw_class for n in nuclei) == ["fibroblast", "tumor"]
+    # without the class-agnostic NMS the duplicate would survive as a fragment or a second nucleus
+    nuclei, conf = refine_fov(det, rgb, score_threshold=0.5, nms_iou=1.0, min_visible=0.0)
+    assert len(nuclei) == 3
+
+
+def test_refine_fov_without_detections():
+    from nucls_utils.suggestions import refine_fov
+
+    det = _FixedDetector([], [], [], (32, 48))
+    assert refine_fov(det, np.zeros((32, 48, 3), dtype=np.uint8)) == ([], [])
+
+
+def test_region_inherited_classes():
+    from nucls_utils.io.dataset import Nucleus
+    from nucls_utils.suggestions import region_inherited
+
+    regions = np.zeros((40, 40), dtype=np.int32)
+    regions[:, 20:] = 1
+    names = {0: "stroma", 1: "lymphocytic_infiltrate"}
+    nuclei = [Nucleus.from_box("tumor", 2, 2, 10, 10), Nucleus.from_polygon("tumor", [25, 35, 35], [5, 5, 15])]
+    out = region_inherited(nuclei, regions, names)
+    assert [n.raw_class for n in out] == ["fibroblast", "lymphocyte"]
+    assert [n.box for n in out] == [n.box for n in nuclei] and out[1].is_polygon

@@ -56,8 +56,9 @@ class GroupPrior:
     false_positives_per_fov: float
     box_jitter: float
     impressionability: float
-    click_skill: float
+    click_skill: float  # mean over the group's participants
     bad_click_rate: float = 0.05
+    click_skill_sd: float = 0.25  # participants differ a lot in how readily they click (paper: 41.7 +- 17.3 %)
 
 
 GROUP_PRIORS: dict[str, GroupPrior] = {
@@ -118,6 +119,13 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
+def _beta_around(mean: float, sd: float, rng: np.random.Generator) -> float:
+    """A draw in [0, 1] with the given mean and (at most the largest possible) standard deviation."""
+    sd = min(sd, 0.95 * np.sqrt(mean * (1 - mean)))
+    conc = mean * (1 - mean) / sd**2 - 1
+    return float(rng.beta(mean * conc, (1 - mean) * conc))
+
+
 def _draw(alias: str, prior: GroupPrior, rng: np.random.Generator) -> Participant:
     base = _group_confusion(prior)
     confusion = np.vstack([rng.dirichlet(row * prior.concentration + 1e-3) for row in base])
@@ -130,7 +138,7 @@ def _draw(alias: str, prior: GroupPrior, rng: np.random.Generator) -> Participan
         false_positives_per_fov=float(prior.false_positives_per_fov * np.exp(rng.normal(0, 0.4))),
         box_jitter=float(prior.box_jitter * np.exp(rng.normal(0, 0.2))),
         impressionability=float(np.clip(rng.normal(prior.impressionability, 0.1), 0, 1)),
-        click_skill=float(np.clip(rng.normal(prior.click_skill, 0.08), 0, 1)),
+        click_skill=_beta_around(prior.click_skill, prior.click_skill_sd, rng),
         bad_click_rate=prior.bad_click_rate,
     )
 

@@ -45,12 +45,6 @@ def _jittered_box(n: Nucleus, jitter: float, shape: tuple[int, int], rng: np.ran
     return x0, y0, x1, y1
 
 
-def _relabel(n: Nucleus, label: str) -> Nucleus:
-    if n.is_polygon:
-        return Nucleus.from_polygon(label, n.coords_x, n.coords_y)
-    return Nucleus.from_box(label, n.xmin, n.ymin, n.xmax, n.ymax)
-
-
 def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[int, int], rng: np.random.Generator,
                  suggestions: Sequence[Nucleus] | None = None, good_boundary_iou: float = 0.7) -> list[Nucleus]:
     """One participant's annotations of one FOV (see the module docstring).
@@ -87,7 +81,7 @@ def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[in
             if rng.random() < (p.click_skill if good else p.bad_click_rate):
                 geometry = s
         if geometry is not None:
-            out.append(_relabel(geometry, label))
+            out.append(geometry.relabelled(label))
         else:
             out.append(Nucleus.from_box(label, *_jittered_box(n, p.box_jitter, image_shape, rng)))
     # suggestions on no nucleus are sometimes clicked; otherwise a few boxes are drawn where nothing is
@@ -134,7 +128,7 @@ def correct_annotations(truth: Sequence[Nucleus], annotations: Sequence[Nucleus]
             continue
         true_cls = truth[truth_of[j]].raw_class
         if a.raw_class != true_cls and rng.random() < policy.fix_label:
-            a = _relabel(a, tx.CORRECTION_PREFIX + true_cls)
+            a = a.relabelled(tx.CORRECTION_PREFIX + true_cls)
         out.append(a)
     found = set(ti.tolist())
     for k, n in enumerate(truth):

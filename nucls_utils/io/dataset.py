@@ -101,6 +101,12 @@ class Nucleus:
             return float(abs(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]) + x[-1] * y[0] - y[-1] * x[0]) / 2.0)
         return float((self.xmax - self.xmin) * (self.ymax - self.ymin))
 
+    def relabelled(self, raw_class: str) -> Nucleus:
+        """The same outline (or box) with another raw class; main and super classes follow."""
+        if self.is_polygon:
+            return Nucleus.from_polygon(raw_class, self.coords_x, self.coords_y)
+        return Nucleus.from_box(raw_class, self.xmin, self.ymin, self.xmax, self.ymax)
+
     @classmethod
     def from_box(cls, raw_class: str, xmin: int, ymin: int, xmax: int, ymax: int) -> Nucleus:
         """A ``rectangle`` nucleus whose coordinates are the box corners (closed ring, as in the release)."""

@@ -10,6 +10,7 @@ from .heuristic import (
     bootstrap_suggestions,
     hematoxylin,
     instances_to_nuclei,
+    region_inherited,
     segment_nuclei,
 )
 from .refine import (
@@ -25,4 +26,4 @@ from .run import bootstrap_dataset, refine_dataset
 __all__ = ["LYMPHOCYTE_RICH_REGIONS", "REFINER_PROFILES", "REGION_TO_CLASS", "SUGGESTION_CLASSES",
            "HeuristicParams", "RefinerConfig", "bootstrap_classes", "bootstrap_dataset", "refine_dataset", "bootstrap_suggestions", "build_refiner",
            "fov_sampling_features", "hematoxylin", "instances_to_nuclei", "per_fov_scores", "refine_fov",
-           "segment_nuclei", "stratified_fov_sample", "suggestion_table", "train_refiner"]
+           "region_inherited",           "segment_nuclei", "stratified_fov_sample", "suggestion_table", "train_refiner"]

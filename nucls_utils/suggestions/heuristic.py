@@ -16,6 +16,7 @@ lies in [0.4, 0.55] and circularity in [0.7, 0.8] instead. Non-stromal objects t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ from skimage.segmentation import watershed
 from ..io.dataset import Nucleus
 
 __all__ = ["HeuristicParams", "REGION_TO_CLASS", "LYMPHOCYTE_RICH_REGIONS", "hematoxylin", "segment_nuclei",
-           "bootstrap_classes", "instances_to_nuclei", "bootstrap_suggestions"]
+           "bootstrap_classes", "instances_to_nuclei", "bootstrap_suggestions", "region_inherited"]
 
 #: The class a nucleus inherits from its tissue region (necrosis/debris gives no suggestion).
 REGION_TO_CLASS: dict[str, str | None] = {
@@ -208,3 +209,19 @@ def bootstrap_suggestions(rgb: np.ndarray, regions: np.ndarray | None = None,
     names = region_names or {0: "other"}
     classes = bootstrap_classes(instances, object_region, names, params)
     return instances_to_nuclei(instances, classes)
+
+
+def region_inherited(nuclei: Sequence[Nucleus], regions: np.ndarray, region_names: dict[int, str]) -> list[Nucleus]:
+    """The same nuclei, each relabelled with the class of the tissue region under its box centre.
+
+    This is the "region-inherited" class of Table S2, set beside the class a refinement model predicts. A centre in a
+    region that suggests no class (necrosis/debris) or in an unknown region gives ``unlabeled``.
+    """
+    h, w = regions.shape
+    out = []
+    for n in nuclei:
+        y = min(max(int((n.ymin + n.ymax) // 2), 0), h - 1)
+        x = min(max(int((n.xmin + n.xmax) // 2), 0), w - 1)
+        cls = REGION_TO_CLASS.get(region_names.get(int(regions[y, x]), "other"), "unlabeled") or "unlabeled"
+        out.append(n.relabelled(cls))
+    return out

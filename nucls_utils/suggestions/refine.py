@@ -2,10 +2,11 @@
 
 The paper trains a Mask R-CNN on random 128 x 128 crops of the noisy bootstrap (at most 30 nuclei a crop) and applies
 it to every FOV; because the network cannot fit the bootstrap's idiosyncratic errors, its output is cleaner than its
-training labels. Here the network is torchvision's :class:`~torchvision.models.detection.MaskRCNN` with a small
-ResNet-18 FPN backbone trained from scratch (no weights can be downloaded), configured for nucleus-sized objects;
-its training length comes from the profile (:data:`REFINER_PROFILES`). Images are never resized: the transform's
-size limits are set to each image's own size, so inference works on a FOV of any size.
+training labels. Here the network is torchvision's :class:`~torchvision.models.detection.MaskRCNN` with a slim ResNet-18 FPN
+backbone trained from scratch (no weights can be downloaded; batch norm left trainable), configured for
+nucleus-sized objects and trained with SGD on a one-cycle schedule; its training length comes from the profile
+(:data:`REFINER_PROFILES`). Images are never resized: the transform's size limits are set to each image's own size,
+so inference works on a FOV of any size. Detections pass a class-agnostic NMS (torchvision's runs per class).
 """
 
 from __future__ import annotations
@@ -31,36 +32,51 @@ SUGGESTION_CLASSES: tuple[str, ...] = ("tumor", "fibroblast", "lymphocyte", "pla
 
 @dataclass(frozen=True)
 class RefinerConfig:
-    """Training schedule of the refinement model."""
+    """Training schedule of the refinement model (SGD with momentum and a one-cycle learning rate)."""
 
     iterations: int
     batch_size: int = 4
     crop: int = 128
     max_nuclei: int = 30
-    lr: float = 1e-3
+    lr: float = 0.02  # peak of the one-cycle schedule
+    warmup: float = 0.15  # share of the iterations spent ramping the learning rate up
     score_threshold: float = 0.5  # detections kept as suggestions
+    nms_iou: float = 0.3  # class-agnostic NMS between detections of different classes
+    channels: int = 64  # width of the FPN and of the box/mask heads
 
 
 REFINER_PROFILES: dict[str, RefinerConfig] = {
     "smoke": RefinerConfig(iterations=3, batch_size=2),
-    "cpu": RefinerConfig(iterations=400),
+    "cpu": RefinerConfig(iterations=1000),
     "paper": RefinerConfig(iterations=5000, batch_size=8),
 }
 
 
-def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1):
-    """A Mask R-CNN for nuclei at 0.2 microns per pixel (ResNet-18 FPN, anchors 12-96 px, no resizing)."""
+def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int = 64):
+    """A slim Mask R-CNN for nuclei at 0.2 microns per pixel, trained from scratch.
+
+    ResNet-18 (trainable batch norm: the frozen batch norm of torchvision's detection backbones is meant for
+    pretrained weights and leaves a randomly initialised network unnormalised) up to ``layer3``, an FPN of
+    ``channels`` channels on strides 4-16 plus a pooled level, anchors 12-96 px, box and mask heads of the same
+    width. Images are never resized (see :func:`refine_fov`).
+    """
+    from torchvision.models import resnet18
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
-                                   returned_layers=[2, 3, 4])
+    body = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2"}, [64, 128, 256], channels)
     anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
-    return MaskRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchors, min_size=128, max_size=4096,
+    return MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, min_size=128, max_size=4096,
+                    box_head=TwoMLPHead(channels * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
+                    mask_head=MaskRCNNHeads(channels, (channels,) * 4, 1),
+                    mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
                     box_detections_per_img=300, box_score_thresh=0.0, rpn_pre_nms_top_n_train=600,
                     rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
-                    box_batch_size_per_image=48, rpn_batch_size_per_image=128)
+                    box_batch_size_per_image=64, rpn_batch_size_per_image=128)
 
 
 def _class_label(name: str) -> int:
@@ -123,7 +139,10 @@ def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Seq
     if not prepared:
         raise ValueError("no FOV has a bootstrap suggestion to train on")
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.iterations, 1),
+                                                pct_start=config.warmup)
     history = []
     for it in tqdm(range(config.iterations), desc="refinement model", disable=not progress):
         batch = []
@@ -137,30 +156,48 @@ def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Seq
         total = sum(losses.values())
         opt.zero_grad()
         total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
-        history.append({"iteration": it + 1, "loss": total.item(), **{k: v.item() for k, v in losses.items()}})
+        sched.step()
+        history.append({"iteration": it + 1, "lr": sched.get_last_lr()[0], "loss": total.item(), **{k: v.item() for k, v in losses.items()}})
     return pd.DataFrame(history)
 
 
 @torch.no_grad()
-def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5) -> tuple[list[Nucleus], list[float]]:
+def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5, nms_iou: float = 0.3,
+               min_visible: float = 0.5) -> tuple[list[Nucleus], list[float]]:
     """Refined suggestions of one FOV: detections above ``score_threshold`` as polylines, with their confidences.
 
-    Overlapping masks are resolved in favour of the more confident detection.
+    torchvision's NMS runs per class, so one nucleus can come out twice with two classes; a class-agnostic NMS at
+    ``nms_iou`` keeps the more confident. Overlapping masks are resolved in favour of the more confident detection,
+    and a detection left with less than ``min_visible`` of its mask is dropped rather than kept as a fragment.
     """
+    from torchvision.ops import nms
+
     model.eval()
     h, w = rgb.shape[:2]
     model.transform.min_size = (min(h, w),)
     model.transform.max_size = max(h, w)
     x = torch.from_numpy(np.array(rgb[..., :3], dtype=np.float32)).permute(2, 0, 1) / 255.0
-    out = model([x])[0]
-    keep = out["scores"] >= score_threshold
+    heads = getattr(model, "roi_heads", None)
+    if heads is not None:  # skip pasting the masks of detections that will be dropped anyway
+        saved, heads.score_thresh = heads.score_thresh, score_threshold
+    try:
+        out = model([x])[0]
+    finally:
+        if heads is not None:
+            heads.score_thresh = saved
+    keep = torch.nonzero(out["scores"] >= score_threshold).flatten()
+    keep = keep[nms(out["boxes"][keep], out["scores"][keep], nms_iou)]
     scores = out["scores"][keep].numpy()
     labels = out["labels"][keep].numpy()
     masks = (out["masks"][keep, 0] > 0.5).numpy()
     instances = np.zeros((h, w), dtype=np.int32)
-    for k in np.argsort(scores):  # most confident painted last
+    for k in np.argsort(scores, kind="stable"):  # most confident painted last
         instances[masks[k]] = k + 1
-    classes = {k + 1: SUGGESTION_CLASSES[labels[k] - 1] for k in range(len(scores)) if (instances == k + 1).any()}
+    visible = np.bincount(instances.ravel(), minlength=len(scores) + 1)[1:]
+    full = masks.sum(axis=(1, 2))
+    classes = {k + 1: SUGGESTION_CLASSES[labels[k] - 1] for k in range(len(scores))
+               if visible[k] > 0 and visible[k] >= min_visible * full[k]}
     nuclei, kept = instances_to_nuclei(instances, classes, return_labels=True)
     return nuclei, [float(scores[lab - 1]) for lab in kept]

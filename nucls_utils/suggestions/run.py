@@ -35,12 +35,12 @@ def refine_dataset(records: Sequence[FovRecord], bootstrap: Sequence[Sequence[Nu
 
     Returns ``(refined, confidences, history, model)``.
     """
-    model = build_refiner()
+    model = build_refiner(channels=config.channels)
     images = [r.read_rgb() for r in records]
     history = train_refiner(model, images, bootstrap, config, seed=seed, progress=progress)
     refined, confidences = [], []
     for im in tqdm(images, desc="refined suggestions", disable=not progress):
-        n, c = refine_fov(model, im, config.score_threshold)
+        n, c = refine_fov(model, im, config.score_threshold, config.nms_iou)
         refined.append(n)
         confidences.append(c)
     return refined, confidences, history, model
