@@ -145,3 +145,62 @@ def test_run_all_notebook_02_smoke(tmp_path):
     assert {p.name for p in (study / "multirater").iterdir() if p.is_dir()} == {"U-control", "B-control", "E"}
     for name in ("figS2_suggestion_examples", "figS4_suggestion_accuracy_per_fov", "figS2_refinement_training"):
         assert (out / "figures" / f"{name}.png").exists()
+
+
+def _executed_stdout(nb_path: Path) -> str:
+    cells = json.loads(nb_path.read_text())["cells"]
+    return "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+@pytest.mark.slow
+def test_run_all_notebooks_03_04_smoke(tmp_path, sample_dir):
+    """Notebooks 03 and 04 on a simulated study in notebook 02's layout (written here with the same writer, with the
+    true nuclei as suggestions, so the test does not depend on the refinement model), then on the real single-rater
+    sample, which has no multi-rater data."""
+    import numpy as np
+
+    from nucls_utils import config, crowd, phantom
+    from nucls_utils import io as nio
+
+    out = tmp_path / "out"
+    cohort, _ = phantom.ensure_cohort(config.synthetic_dir("smoke"), "smoke", 0, progress=False)
+    records = nio.read_dataset(cohort)
+    rng = np.random.default_rng(0)
+    truth = [list(r.nuclei) for r in records]
+    crowd.write_annotation_study(out / "results" / "synthetic_smoke" / "02_suggestions" / "study", records,
+                                 [n[::2] for n in truth], truth, [[1.0] * len(n) for n in truth],
+                                 pd.DataFrame({"stratum": "test"}, index=range(4)), crowd.make_roster(rng), rng, seed=0)
+    proc = _run_all("--only", "03", "--profile", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("fig2_clustering_example", "fig3a_detection_accuracy", "fig3b_np_label_roc",
+                 "fig3c_pathologist_confusion", "fig3d_mds_kappa", "fig4b_clicked_suggestions",
+                 "fig4c_boundary_accuracy", "fig4d_self_agreement", "fig4e_accuracy_by_set",
+                 "fig5a_anchors_vs_threshold", "fig5b_constraint_effect", "fig5c_alpha_by_threshold",
+                 "fig5d_pairwise_kappa", "figS3_super_class_accuracy", "figS5_clicked_boundaries", "figS7_confusion",
+                 "figS8_ease_of_detection", "figS16_clustering_algorithm", "nb03_truth_vs_generator"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
+        assert (out / "figures" / f"{name}.pdf").exists(), name
+    stage = out / "results" / "synthetic_smoke" / "03_agreement"
+    assert {"truth_E.csv", "truth_U-control.csv", "labels_E.csv", "truth_tables.json"} <= {p.name for p in
+                                                                                         stage.iterdir()}
+    pvr = pd.read_csv(out / "tables" / "nb03_paper_vs_run.csv").set_index("quantity")
+    assert float(pvr.at["NP-label detection AP (E, IOU 0.25)", "paper"]) == 0.68
+    assert 0 < float(pvr.at["alpha x 100, Ps, main classes, IOU 0.25", "this_run"]) <= 100
+    assert 0.5 < float(pvr.at["NP-label AUROC, micro (E, main classes)", "this_run"]) <= 1
+
+    proc = _run_all("--only", "04", "--profile", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "figures" / "fig3e_np_redundancy.png").stat().st_size > 10_000
+    fig3e = pd.read_csv(out / "tables" / "fig3e_np_redundancy.csv")
+    assert set(fig3e["k"]) == set(range(2, 16)) and {"mcc", "auroc_micro", "det_f1"} <= set(fig3e["metric"])
+    assert "EM inferences in" in _executed_stdout(out / "supplement" / "04_em_simulations.ipynb")
+
+    real = tmp_path / "real"
+    for nb in ("03", "04"):
+        proc = _run_all("--data", str(sample_dir), "--only", nb, "--profile", "smoke", "--out", str(real))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "NO MULTI-RATER DATA" in _executed_stdout(real / "supplement" / "03_agreement.ipynb")
+    assert "NO MULTI-RATER DATA" in _executed_stdout(real / "supplement" / "04_em_simulations.ipynb")
+    assert not list((real / "figures").iterdir()) and not list((real / "tables").iterdir())
+    assert [p.name for p in (real / "results" / "nucls_sample" / "03_agreement").iterdir()] == ["run_manifest.json"]
