@@ -14,11 +14,11 @@ Run: ``.venv/bin/python bench/bench_em.py [--items 2000 --workers 20 --classes 1
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 import pandas as pd
+from _timing import best_of
 
 from nucls_utils.interrater.em import dawid_skene, infer_labels
 
@@ -38,15 +38,6 @@ def planted_answers(rng: np.random.Generator, n_batch: int, n_items: int, n_work
     labels = labels.clip(max=k - 1)
     labels[rng.random(labels.shape) < p_missing] = -1
     return labels
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,10 +11,10 @@ Run: ``.venv/bin/python bench/bench_masks.py [DATASET_DIR]`` (default: ../shared
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of
 from skimage.draw import polygon2mask
 
 from nucls_utils import io as nio
@@ -34,15 +34,6 @@ def peer(nuclei, shape):
             m[max(n.ymin, 0):n.ymax, max(n.xmin, 0):n.xmax] = True
         labels[m] = k + 1
     return labels
-
-
-def best_of(fn, repeats=5):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(root: str) -> None:
