@@ -117,3 +117,19 @@ def test_multirater_reader_errors(tmp_path):
         nio.read_multirater(tmp_path / "empty")
     with pytest.raises(nio.NuclsFormatError, match="multi-rater folder not found"):
         nio.read_multirater(tmp_path / "nope")
+
+
+def test_a_participant_judges_a_nucleus_the_same_way_in_every_set(smoke):
+    """Without suggestions, U-control and E differ only by box jitter: same nuclei seen, same classes."""
+    rng = np.random.default_rng(3)
+    roster = [replace(p, false_positives_per_fov=0.0) for p in make_roster(rng)]
+    mr = multi_rater_study(smoke[:2], roster, rng, {}, nps_per_fov=(3, 3))
+    pairs = [(k, mr[("E",) + k[1:]]) for k in mr if k[0] == "U-control"]
+    assert pairs
+    for key, e in pairs:
+        assert sorted(n.raw_class for n in mr[key]) == sorted(n.raw_class for n in e), key
+    # a fresh judgement each time (no shared opinion) does not reproduce itself
+    truth = smoke[0]
+    a = annotate_fov(roster[-1], truth.nuclei, truth.image_shape, np.random.default_rng(1))
+    b = annotate_fov(roster[-1], truth.nuclei, truth.image_shape, np.random.default_rng(2))
+    assert sorted(n.raw_class for n in a) != sorted(n.raw_class for n in b)

@@ -46,7 +46,8 @@ def _jittered_box(n: Nucleus, jitter: float, shape: tuple[int, int], rng: np.ran
 
 
 def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[int, int], rng: np.random.Generator,
-                 suggestions: Sequence[Nucleus] | None = None, good_boundary_iou: float = 0.7) -> list[Nucleus]:
+                 suggestions: Sequence[Nucleus] | None = None, good_boundary_iou: float = 0.7,
+                 opinion: np.random.Generator | None = None) -> list[Nucleus]:
     """One participant's annotations of one FOV (see the module docstring).
 
     Parameters
@@ -60,6 +61,11 @@ def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[in
         Algorithmic suggestions shown to the participant (polylines with a suggested class).
     good_boundary_iou : float
         A suggested boundary is good when its box IOU with the true nucleus reaches this.
+    opinion : numpy.random.Generator, optional
+        Source of the participant's own judgement of each nucleus (whether they see it, which class they think it
+        is). Passing generators seeded alike for the same (participant, FOV) makes the judgement the same every time
+        the FOV is shown, as a person's would be; only what the suggestions change (and jitter, clicks, false
+        positives) then differs between sets. Default: ``rng`` (a fresh judgement each time).
     """
     out: list[Nucleus] = []
     sug_of: dict[int, tuple[int, float]] = {}
@@ -67,10 +73,13 @@ def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[in
         ti, si, iou = match_boxes(_boxes(truth), _boxes(suggestions), min_iou=0.3)
         sug_of = {int(a): (int(b), float(c)) for a, b, c in zip(ti, si, iou, strict=True)}
     matched_sug = {b for b, _ in sug_of.values()}
+    opinion = rng if opinion is None else opinion
+    u_seen, u_label = opinion.random(len(truth)), opinion.random(len(truth))
     for k, n in enumerate(truth):
-        if rng.random() >= p.sensitivity[n.raw_class]:
+        if u_seen[k] >= p.sensitivity[n.raw_class]:
             continue
-        label = CLASSES[rng.choice(len(CLASSES), p=p.confusion[CLASS_INDEX[n.raw_class]])]
+        cdf = np.cumsum(p.confusion[CLASS_INDEX[n.raw_class]])
+        label = CLASSES[min(int(np.searchsorted(cdf, u_label[k] * cdf[-1], side="right")), len(CLASSES) - 1)]
         geometry = None
         if k in sug_of:
             b, iou = sug_of[k]
@@ -162,7 +171,8 @@ def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant
                       suggestions: Mapping[str, Mapping[str, Sequence[Nucleus]]], nps_per_fov: tuple[int, int] = (10, 20)
                       ) -> dict[tuple[str, str, str], list[Nucleus]]:
     """Every FOV of ``records`` annotated in each set of :data:`EVALSETS` by all pathologists and a random subset of
-    NPs (between ``nps_per_fov[0]`` and ``nps_per_fov[1]``, the same NPs in every set).
+    NPs (between ``nps_per_fov[0]`` and ``nps_per_fov[1]``, the same NPs in every set). A participant's own judgement
+    of a nucleus is the same in every set; suggestions change it through impressionability only.
 
     Parameters
     ----------
@@ -182,10 +192,13 @@ def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant
     for r in records:
         k = int(rng.integers(lo, hi + 1))
         chosen = [nps[i] for i in sorted(rng.choice(len(nps), size=k, replace=False))]
+        # each participant's own judgement of this FOV, the same in every set (see annotate_fov's ``opinion``)
+        opinion_seed = {p.alias: int(rng.integers(2**63)) for p in ps + chosen}
         for evalset in EVALSETS:
             shown = suggestions.get(evalset, {}).get(r.name)
             for p in ps + chosen:
-                out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, rng, shown)
+                out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, rng, shown,
+                                                               opinion=np.random.default_rng(opinion_seed[p.alias]))
     return out
 
 
