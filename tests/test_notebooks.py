@@ -131,20 +131,25 @@ def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_all_notebook_02_smoke(tmp_path):
+def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
+    """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-04 read."""
     out = tmp_path / "out"
-    proc = _run_all("--only", "02", "--profile", "smoke", "--out", str(out))
+    proc = _run_all("--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    executed = sorted(p.name for p in (out / "supplement").glob("*.ipynb"))
+    assert executed == sorted(p.name for p in NOTEBOOKS) and len(executed) >= 4
     s2 = pd.read_csv(out / "tables" / "tableS2_suggestion_accuracy.csv")
-    assert set(s2["suggestions"]) == {"bootstrap", "refined"}
+    assert set(s2["suggestions"]) == {"bootstrap", "refined", "refined, region class"}
     assert set(s2["reference"]) == {"corrected single-rater", "exact truth"}
     boot = s2[(s2["suggestions"] == "bootstrap") & (s2["reference"] == "exact truth")].iloc[0]
     assert 30 < boot["F1"] <= 100
     study = out / "results" / "synthetic_smoke" / "02_suggestions" / "study"
     assert len(list((study / "singlerater" / "corrected" / "csv").glob("*.csv"))) == 10
     assert {p.name for p in (study / "multirater").iterdir() if p.is_dir()} == {"U-control", "B-control", "E"}
-    for name in ("figS2_suggestion_examples", "figS4_suggestion_accuracy_per_fov", "figS2_refinement_training"):
+    for name in ("figS2_suggestion_examples", "figS4_suggestion_accuracy_per_fov", "figS2_refinement_training",
+                 "fig2_clustering_example", "fig3e_np_redundancy"):
         assert (out / "figures" / f"{name}.png").exists()
+    assert (out / "results" / "synthetic_smoke" / "03_agreement" / "truth_E.csv").exists()
 
 
 def _executed_stdout(nb_path: Path) -> str:
