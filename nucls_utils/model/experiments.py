@@ -1,0 +1,239 @@
+"""The paper's model experiments as data: which model, trained on what, tested where (notebooks 05 and 06).
+
+* Table 1: the final model (config 3) on every internal-external CV fold (test = held-out hospitals).
+* Table S5: classification ablations on fold 1 (configs 1, 2, 3, 4, 6).
+* Table S3: scale factor on fold 1 (ResNet-18).
+* Table S6: the final model trained on the *uncorrected* single-rater data, tested on corrected data.
+
+:func:`run_experiment` trains (or reuses) one model and stores its predictions on the fold's test FOVs (and on the
+multi-rater E FOVs of the test hospitals, for the P-truth half of Table 1) as ``predictions_<testset>.npz``;
+notebook 06 only evaluates stored predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io.atomic import atomic_path
+from .architecture import MODEL_CONFIGS, ModelConfig
+from .detections import Detections
+from .train import TrainConfig, profile_configs
+
+__all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment",
+           "fold_split", "FOLD_TEST_TABLE_NOTE"]
+
+FOLD_TEST_TABLE_NOTE = "fold 1 is the validation fold (used for tuning); means are over folds 2-5"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One trained model of the study.
+
+    ``config`` is the paper's configuration number (Table S5) as a string; ``'4'`` is config 2's detector with a
+    decoupled thumbnail classifier (:mod:`.classifier`), reusing the config-2 model of the same fold.
+    """
+
+    name: str
+    tables: tuple[str, ...]
+    fold: int
+    config: str
+    model: ModelConfig
+    training_data: str = "corrected"  # or 'uncorrected' (Table S6)
+    detector_from: str | None = None  # config 4: name of the experiment whose detector is reused
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def experiment_plan(profile: str, folds: Sequence[int] = (1, 2, 3, 4, 5)) -> list[Experiment]:
+    """The experiments a profile runs, in training order (config 4 after the config 2 it reuses).
+
+    ``paper``: Table 1 and Table S6 on every fold; ablations (S3, S5) on fold 1, as the paper did. ``cpu`` and
+    ``smoke``: Table 1 on every fold; Table S6 and the ablations on fold 1 only (a 2-core budget).
+    """
+    base, _ = profile_configs(profile)
+    folds = sorted(set(int(f) for f in folds))
+    if 1 not in folds:
+        raise ValueError("fold 1 (the validation fold) must be in the plan: the ablations run on it")
+    plan: list[Experiment] = []
+    for f in folds:
+        tables = ("Table 1", "Table S5", "Table S3") if f == 1 else ("Table 1",)
+        plan.append(Experiment(f"config3_fold{f}", tables, f, "3", base))
+    for cfg in ("1", "2", "6"):
+        plan.append(Experiment(f"config{cfg}_fold1", ("Table S5",), 1, cfg, base.with_(**MODEL_CONFIGS[cfg])))
+    plan.append(Experiment("config4_fold1", ("Table S5",), 1, "4", base.with_(**MODEL_CONFIGS["2"]),
+                           detector_from="config2_fold1",
+                           notes="config 2's detector + an independent classifier on nucleus thumbnails"))
+    # Table S3: the scale factor, with the profile's ResNet-18 truncation (base = the final model's factor)
+    for sf in _scale_factors(profile, base.scale_factor):
+        plan.append(Experiment(f"sf{sf:g}_fold1", ("Table S3",), 1, "3",
+                               base.with_(scale_factor=sf, scale_jitter=round(0.1 * sf, 3))))
+    s6_folds = folds if profile == "paper" else [1]
+    for f in s6_folds:
+        plan.append(Experiment(f"uncorrected_config3_fold{f}", ("Table S6",), f, "3", base,
+                               training_data="uncorrected"))
+    return plan
+
+
+def _scale_factors(profile: str, final: float) -> list[float]:
+    """Scale factors of Table S3 other than the final model's (which is the config-3 fold-1 model)."""
+    if profile == "paper":
+        return [1.0, 2.67]
+    return [1.0] if final != 1.0 else [0.5]
+
+
+def fold_split(assignment: pd.DataFrame, fold: int, slides: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices of ``slides`` (one per FOV) in the training and the test set of ``fold``."""
+    fold_of = dict(zip(assignment["slide_name"], assignment["fold"]))
+    missing = sorted({s for s in slides if s not in fold_of})
+    if missing:
+        raise ValueError(f"slide(s) {missing[:3]} have no fold in the fold assignment")
+    test = [i for i, s in enumerate(slides) if fold_of[s] == fold]
+    train = [i for i, s in enumerate(slides) if fold_of[s] != fold]
+    if not test:
+        raise ValueError(f"fold {fold} has no FOV in this dataset")
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stored predictions
+# ---------------------------------------------------------------------------------------------------------------
+def save_predictions(path: str | Path, names: Sequence[str], detections: Sequence[Detections]) -> None:
+    """Write the detections of several images to one ``.npz`` (mask probabilities as float16)."""
+    if len(names) != len(detections):
+        raise ValueError(f"{len(names)} names but {len(detections)} detection sets")
+    classes = detections[0].classes if detections else ()
+    counts = np.array([len(d) for d in detections], dtype=np.int64)
+    allc = Detections.concat(list(detections), classes) if detections else None
+    payload = {
+        "names": np.asarray(list(names), dtype=object).astype(str), "counts": counts,
+        "classes": np.asarray(classes, dtype=str),
+        "boxes": allc.boxes if allc is not None else np.zeros((0, 4), np.float32),
+        "scores": allc.scores if allc is not None else np.zeros(0, np.float32),
+        "probs": allc.probs if allc is not None else np.zeros((0, 0), np.float32),
+        "mask_probs": (allc.mask_probs.astype(np.float16) if allc is not None and allc.mask_probs is not None
+                       else np.zeros((0, 28, 28), np.float16)),
+    }
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **payload)
+
+
+def load_predictions(path: str | Path) -> dict[str, Detections]:
+    """``{image name: Detections}`` from :func:`save_predictions`."""
+    with np.load(path, allow_pickle=False) as z:
+        names, counts, classes = list(z["names"]), z["counts"], tuple(str(c) for c in z["classes"])
+        boxes, scores, probs = z["boxes"], z["scores"], z["probs"]
+        masks = z["mask_probs"].astype(np.float32)
+    out, start = {}, 0
+    for name, n in zip(names, counts):
+        sl = slice(start, start + int(n))
+        out[str(name)] = Detections(boxes[sl], scores[sl], probs[sl].reshape(-1, len(classes)), classes,
+                                    masks[sl] if len(masks) else None)
+        start += int(n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running one experiment
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class ExperimentData:
+    """Everything an experiment reads: FOV samples of each single-rater variant, folds, and optional extra test
+    sets (``{'E': (samples, truths)}``: images of multi-rater FOVs with their P-truth)."""
+
+    samples: dict[str, list]  # 'corrected' / 'uncorrected' -> list[FovSample]
+    assignment: pd.DataFrame
+    extra_tests: dict[str, list] = field(default_factory=dict)  # name -> list[FovSample]
+
+
+def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, *, profile: str,
+                   train_config: TrainConfig | None = None, seed: int = 0, progress: bool = True,
+                   curves: bool = False, device: str | None = None) -> dict:
+    """Train (or reuse) the model of ``exp`` and store its predictions on the fold's test sets.
+
+    Returns a summary dict (name, training seconds, seconds per update, weights source, test FOV counts).
+    Outputs in ``out_root/<exp.name>/``: the training files of :func:`~.train.train_model`,
+    ``predictions_test.npz`` (corrected single-rater test FOVs of the fold), ``predictions_<extra>.npz`` for
+    each extra test set restricted to the fold's test slides, and ``experiment.json``.
+    """
+    from .data import TrainingStream, fov_sampling_weights, model_classes
+    from .train import train_model
+
+    out = Path(out_root) / exp.name
+    out.mkdir(parents=True, exist_ok=True)
+    _, default_train = profile_configs(profile)
+    tcfg = train_config or default_train
+    if exp.training_data not in data.samples:
+        raise FileNotFoundError(f"{exp.name}: no '{exp.training_data}' single-rater data in this dataset")
+    train_pool = data.samples[exp.training_data]
+    test_pool = data.samples["corrected"]
+    tr_idx, _ = fold_split(data.assignment, exp.fold, [s.slide for s in train_pool])
+    _, te_idx = fold_split(data.assignment, exp.fold, [s.slide for s in test_pool])
+    train = [train_pool[i] for i in tr_idx]
+    test = [test_pool[i] for i in te_idx]
+    classes = model_classes(exp.model.level)
+
+    if exp.detector_from is not None:  # config 4: reuse a detector, train a thumbnail classifier
+        from .classifier import train_thumbnail_classifier, classify_detections
+        from .train import load_trained
+
+        detector = load_trained(Path(out_root) / exp.detector_from, device=device)
+        clf, clf_info = train_thumbnail_classifier(train, out, profile=profile, seed=seed, progress=progress)
+
+        def predict(rgb):
+            return classify_detections(clf, rgb, detector.predict(rgb))
+        info = {"seconds": clf_info["seconds"], "seconds_per_update": clf_info["seconds_per_update"],
+                "weights_source": detector.weights_source}
+    else:
+        weights = fov_sampling_weights(train, level=exp.model.level)
+        stream = TrainingStream(train, weights, batch_size=tcfg.batch_size, crop=tcfg.crop, classes=classes,
+                                seed=seed, augment=tcfg.augment)
+        evaluate = _curve_evaluator(test) if curves and tcfg.eval_every else None
+        model, history = train_model(exp.model, tcfg, stream, out, seed=seed, evaluate=evaluate,
+                                     progress=progress, desc=exp.name, device=device)
+        tinfo = json.loads((out / "training.json").read_text())
+        predict = model.predict
+        info = {"seconds": tinfo["seconds_this_run"], "seconds_per_update": tinfo["seconds_per_update"],
+                "weights_source": tinfo["weights_source"]}
+
+    test_sets = {"test": test}
+    test_slides = {s.slide for s in test}
+    for name, pool in data.extra_tests.items():
+        test_sets[name] = [s for s in pool if s.slide in test_slides]
+    counts = {}
+    for name, samples in test_sets.items():
+        dets = [predict(s.rgb) for s in samples]
+        save_predictions(out / f"predictions_{name}.npz", [s.name for s in samples], dets)
+        counts[name] = len(samples)
+    summary = {"name": exp.name, "fold": exp.fold, "config": exp.config, "tables": list(exp.tables),
+               "training_data": exp.training_data, "n_train_fovs": len(train), "n_test_fovs": counts, **info,
+               "experiment": exp.to_dict()}
+    with atomic_path(out / "experiment.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _curve_evaluator(test: list):
+    """Metrics for the training curves (Fig. S10): detection AP@.5 and classification on the test FOVs."""
+    from ..evaluation import evaluate_model
+    from .data import eval_truth
+
+    truths = [eval_truth(s) for s in test]
+
+    def evaluate(model) -> dict:
+        preds = [model.predict(s.rgb).to_eval() for s in test]
+        r = evaluate_model(truths, preds)
+        return {k: r[k] for k in ("ap50", "map", "main_mcc", "super_mcc", "main_auroc_micro", "super_auroc_micro")
+                if k in r}
+
+    return evaluate

@@ -1,0 +1,270 @@
+"""Training schedules (profiles) and the training loop: checkpoints, resume, logs, the detection freeze.
+
+The paper (Table S7) trains with SGD (lr 2e-3, momentum 0.9, weight decay 5e-4, no schedule) for 16,000 updates of
+4 crops of 300 x 300 px, freezing detection after 15,000 updates and fine-tuning classification for the rest. That is
+the ``paper`` profile, meant for a GPU. The ``cpu`` profile keeps every mechanism (hybrid losses, sampling weights,
+stain augmentation, the freeze) on a budget a 2-core CPU can afford: a ResNet-18 truncated after ``layer3`` at scale
+factor 2 (the same 8 input pixels per feature cell as the paper's ``layer4`` at scale factor 4), a 64-channel neck,
+smaller crops and a one-cycle learning rate, because a network trained from scratch for a few hundred updates
+does not converge at a constant 2e-3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..io.atomic import atomic_path
+from .architecture import ModelConfig, NucleusMaskRCNN, build_model
+
+__all__ = ["TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
+           "train_model", "load_trained", "config_key"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training schedule. ``iterations`` counts gradient updates; ``batch_size`` crops per update."""
+
+    iterations: int
+    batch_size: int = 4
+    crop: int = 300
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"  # 'constant' (paper) or 'onecycle' (peak ``lr``, warm-up share ``warmup``)
+    warmup: float = 0.15
+    freeze_detection_at: int | None = None  # updates after which only classification layers train
+    finetune_lr: float | None = None  # learning rate after the freeze (default: ``lr``)
+    grad_clip: float | None = None
+    augment: bool = True  # stain augmentation (flip is always on)
+    eval_every: int = 0  # 0: no evaluation during training (Fig. S10 curves need it)
+    checkpoint_every: int = 100
+
+    def with_(self, **changes) -> TrainConfig:
+        return replace(self, **changes)
+
+
+#: Training schedules of each compute profile.
+TRAIN_PROFILES: dict[str, TrainConfig] = {
+    "smoke": TrainConfig(iterations=4, batch_size=2, crop=96, schedule="onecycle", lr=0.01, freeze_detection_at=3,
+                         grad_clip=10.0, checkpoint_every=2),
+    "cpu": TrainConfig(iterations=360, batch_size=2, crop=160, schedule="onecycle", lr=0.02,
+                       freeze_detection_at=330, finetune_lr=2e-3, grad_clip=10.0, eval_every=60,
+                       checkpoint_every=60),
+    "paper": TrainConfig(iterations=16000, batch_size=4, crop=300, freeze_detection_at=15000, eval_every=2000,
+                         checkpoint_every=500),
+}
+
+_CPU_MODEL = ModelConfig(backbone_layer="layer3", scale_factor=2.0, scale_jitter=0.2, roi_size=7, representation=256,
+                         box_batch_size_per_image=128, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=500,
+                         mask_channels=64, neck_channels=64)
+#: The final model (config 3) of each profile; ablations are changes to it (:data:`~.architecture.MODEL_CONFIGS`).
+MODEL_PROFILES: dict[str, ModelConfig] = {
+    "smoke": _CPU_MODEL.with_(representation=64, box_batch_size_per_image=32, rpn_post_nms_top_n=200,
+                              mask_channels=16, neck_channels=16),
+    "cpu": _CPU_MODEL,
+    "paper": ModelConfig(),
+}
+
+
+def profile_configs(profile: str) -> tuple[ModelConfig, TrainConfig]:
+    """``(model config of the final model, training schedule)`` of a compute profile."""
+    try:
+        return MODEL_PROFILES[profile], TRAIN_PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(TRAIN_PROFILES)}") from None
+
+
+def config_key(*parts) -> str:
+    """A short hash of configs and other JSON-able parts: a trained model is reused only for the same key."""
+    blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def freeze_detection(model: NucleusMaskRCNN) -> list[torch.nn.Parameter]:
+    """Freeze everything but the classification layers; return the parameters that still train.
+
+    Trainable after the freeze: the classification convolutions (when the model has them) and the final linear
+    classifier ``cls_score``. The shared box head, box regression, RPN, mask branch and backbone are frozen, and
+    batch-norm running statistics stop updating (momentum 0), so detection is exactly preserved.
+    """
+    heads = model.roi_heads
+    keep = set()
+    for module in (heads.classification_convs, heads.cls_score):
+        if module is not None:
+            keep.update(id(p) for p in module.parameters())
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _optimizer(params, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt, cfg: TrainConfig, steps: int):
+    if cfg.schedule == "onecycle" and steps > 0:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2),
+                                                   pct_start=cfg.warmup)
+    if cfg.schedule not in ("onecycle", "constant"):
+        raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
+    return None
+
+
+def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, out_dir: str | Path, *,
+                seed: int = 0, evaluate: Callable[[NucleusMaskRCNN], dict] | None = None, progress: bool = True,
+                desc: str = "training", device: str | None = None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
+    """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there.
+
+    Parameters
+    ----------
+    stream : iterator of ``(images, targets)`` with ``state_dict()`` / ``load_state_dict()``
+        Training batches (see :class:`nucls_utils.model.data.TrainingStream`); its state is checkpointed so that a
+        resumed run sees the same batches as an uninterrupted one.
+    evaluate : callable, optional
+        ``evaluate(model) -> dict of metrics``, called every ``train_config.eval_every`` updates and at the end
+        (the Fig. S10 curves).
+
+    Returns
+    -------
+    model : the trained model (eval mode)
+    history : DataFrame, one row per update (``iteration``, ``lr``, ``loss`` and each loss term, ``seconds``), plus
+        rows with ``eval_*`` columns where an evaluation ran.
+
+    Files in ``out_dir``: ``checkpoint.pt`` (latest state, for resume), ``model.pt`` (final weights) and
+    ``training.json`` (configs, key, weights source, timing) when done, ``history.csv``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key = config_key(model_config, train_config, seed)
+    done = _read_json(out / "training.json")
+    if done is not None and done.get("key") == key and (out / "model.pt").is_file():
+        return load_trained(out, device=device), pd.read_csv(out / "history.csv")
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    model = build_model(model_config).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = train_config
+    freeze_at = cfg.freeze_detection_at if cfg.freeze_detection_at is not None else cfg.iterations
+    opt = _optimizer(params, cfg.lr, cfg)
+    sched = _scheduler(opt, cfg, min(freeze_at, cfg.iterations))
+    history: list[dict] = []
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("key") == key:
+            start = int(ckpt["iteration"])
+            if start >= freeze_at:
+                params = freeze_detection(model)
+                opt = _optimizer(params, cfg.finetune_lr or cfg.lr, cfg)
+                sched = None
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            if sched is not None and ckpt.get("scheduler") is not None:
+                sched.load_state_dict(ckpt["scheduler"])
+            stream.load_state_dict(ckpt["stream"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            history = ckpt["history"]
+
+    def save_checkpoint(it: int) -> None:
+        state = {"key": key, "iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict() if sched is not None else None, "stream": stream.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "history": history}
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+
+    def run_eval(it: int) -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        metrics = evaluate(model)
+        model.train()
+        history.append({"iteration": it, **{f"eval_{k}": v for k, v in metrics.items()}})
+
+    bar = tqdm(range(start, cfg.iterations), desc=desc, disable=not progress, initial=start, total=cfg.iterations)
+    t_start = time.perf_counter()
+    for it in bar:
+        if it == freeze_at:
+            params = freeze_detection(model)
+            opt = _optimizer(params, cfg.finetune_lr or cfg.lr, cfg)
+            sched = None
+        t0 = time.perf_counter()
+        images, targets = next(stream)
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in targets]
+        losses = model(images, targets)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{desc}: loss is {total.item()} at update {it + 1} "
+                                     f"({ {k: round(v.item(), 4) for k, v in losses.items()} })")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        lr = opt.param_groups[0]["lr"]
+        if sched is not None and it + 1 < freeze_at:
+            sched.step()
+        history.append({"iteration": it + 1, "lr": lr, "loss": total.item(),
+                        **{k: v.item() for k, v in losses.items()}, "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{total.item():.3f}")
+        if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
+            run_eval(it + 1)
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            save_checkpoint(it + 1)
+    run_eval(cfg.iterations)
+    model.eval()
+    seconds = time.perf_counter() - t_start
+    frame = pd.DataFrame(history)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"model_config": model_config.to_dict(), "state_dict": model.state_dict()}, tmp)
+    with atomic_path(out / "history.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    info = {"key": key, "model_config": model_config.to_dict(), "train_config": asdict(cfg), "seed": seed,
+            "weights_source": model.weights_source, "device": device, "seconds_this_run": seconds,
+            "iterations_this_run": cfg.iterations - start,
+            "seconds_per_update": float(np.median([h["seconds"] for h in history if "seconds" in h]))
+            if history else float("nan")}
+    with atomic_path(out / "training.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2))
+    ckpt_path.unlink(missing_ok=True)
+    return model, frame
+
+
+def load_trained(out_dir: str | Path, device: str | None = None) -> NucleusMaskRCNN:
+    """The trained model saved by :func:`train_model` in ``out_dir`` (eval mode)."""
+    path = Path(out_dir) / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}")
+    blob = torch.load(path, map_location=device or "cpu", weights_only=False)
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["model_config"].items()})
+    model = build_model(cfg.with_(weights=None))
+    model.load_state_dict(blob["state_dict"])
+    info = _read_json(Path(out_dir) / "training.json") or {}
+    model.weights_source = info.get("weights_source", "unknown")
+    if device:
+        model.to(device)
+    return model.eval()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
