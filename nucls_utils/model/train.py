@@ -57,9 +57,9 @@ class TrainConfig:
 TRAIN_PROFILES: dict[str, TrainConfig] = {
     "smoke": TrainConfig(iterations=4, batch_size=2, crop=96, schedule="onecycle", lr=0.01, freeze_detection_at=3,
                          grad_clip=10.0, checkpoint_every=2),
-    "cpu": TrainConfig(iterations=360, batch_size=2, crop=160, schedule="onecycle", lr=0.02,
-                       freeze_detection_at=330, finetune_lr=2e-3, grad_clip=10.0, eval_every=60,
-                       checkpoint_every=60),
+    "cpu": TrainConfig(iterations=300, batch_size=2, crop=160, schedule="onecycle", lr=0.02,
+                       freeze_detection_at=275, finetune_lr=2e-3, grad_clip=10.0, eval_every=50,
+                       checkpoint_every=50),
     "paper": TrainConfig(iterations=16000, batch_size=4, crop=300, freeze_detection_at=15000, eval_every=2000,
                          checkpoint_every=500),
 }
@@ -167,7 +167,8 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: RNG states must be CPU byte tensors; model and optimiser state are copied to the device
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("key") == key:
             start = int(ckpt["iteration"])
             if start >= freeze_at:
@@ -180,12 +181,15 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
                 sched.load_state_dict(ckpt["scheduler"])
             stream.load_state_dict(ckpt["stream"])
             torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt.get("cuda_rng") is not None and torch.device(device).type == "cuda":
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
             history = ckpt["history"]
 
     def save_checkpoint(it: int) -> None:
         state = {"key": key, "iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict() if sched is not None else None, "stream": stream.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "history": history}
+                 "torch_rng": torch.get_rng_state(), "history": history,
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.device(device).type == "cuda" else None}
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
 

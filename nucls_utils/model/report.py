@@ -1,0 +1,329 @@
+"""Evaluation of stored predictions and the paper's model tables and figures (notebook 06).
+
+Every number comes from :func:`nucls_utils.evaluation.evaluate_model` (COCO AP@.5 and mAP@.5:.95 with ambiguous
+nuclei as crowd, Hungarian matching at IOU >= 0.5, median IOU/DICE over boundary-annotated matches, accuracy, MCC,
+AUROC micro and macro, super-classes by summing probabilities). Tables show percentages with one decimal, as the
+paper does; fold 1 is the validation fold, shown but left out of the mean (SD) row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import taxonomy as tx
+from ..evaluation import evaluate_model
+from .data import FovSample, eval_truth
+from .detections import Detections
+from .experiments import Experiment, load_predictions
+
+__all__ = ["evaluate_samples", "evaluate_plan", "TABLE1_COLUMNS", "table1", "table_s3", "table_s4", "table_s5",
+           "table_s6", "paper_vs_run", "plot_training_curves", "plot_confusions", "plot_predictions",
+           "PAPER_TABLE1", "PAPER_S5", "PAPER_S6_MEAN", "PAPER_S3"]
+
+#: Table 1's metric columns (result keys of :func:`evaluate_model`) and their headers.
+TABLE1_COLUMNS: dict[str, str] = {
+    "det_n": "det N", "ap50": "AP@.5", "map": "mAP@.5:.95",
+    "seg_n": "seg N", "seg_median_iou": "median IOU", "seg_median_dice": "median DICE",
+    "cls_n": "cls N",
+    "main_accuracy": "main acc", "main_mcc": "main MCC", "main_auroc_micro": "main µAUROC",
+    "main_auroc_macro": "main MAUROC",
+    "super_accuracy": "super acc", "super_mcc": "super MCC", "super_auroc_micro": "super µAUROC",
+    "super_auroc_macro": "super MAUROC",
+}
+_COUNTS = ("det_n", "seg_n", "cls_n")
+
+#: The paper's Table 1 mean (SD) rows (percent; corrected single-rater truth over folds 2-5; P-truth over 1, 3-5).
+PAPER_TABLE1 = {
+    "corrected": {"ap50": (74.8, 0.5), "map": (33.0, 0.9), "seg_median_iou": (79.3, 1.3),
+                  "seg_median_dice": (88.5, 0.8), "main_accuracy": (68.4, 4.2), "main_mcc": (55.7, 5.4),
+                  "main_auroc_micro": (92.8, 2.0), "main_auroc_macro": (83.7, 2.9), "super_accuracy": (77.7, 5.7),
+                  "super_mcc": (65.6, 7.9), "super_auroc_micro": (93.5, 2.7), "super_auroc_macro": (86.0, 3.2)},
+    "ptruth": {"ap50": (65.0, 5.4), "map": (28.2, 4.0), "seg_median_iou": (74.9, 2.3),
+               "seg_median_dice": (85.7, 1.5), "main_accuracy": (66.4, 2.1), "main_mcc": (50.8, 6.0),
+               "main_auroc_micro": (89.1, 6.0), "main_auroc_macro": (88.4, 2.1), "super_accuracy": (73.9, 9.6),
+               "super_mcc": (61.2, 13.8), "super_auroc_micro": (87.8, 9.2), "super_auroc_macro": (90.6, 4.4)},
+}
+#: Table S5 (fold 1): AP@.5, MCC main/super, µAUROC main/super, MAUROC main/super (None: not reported).
+PAPER_S5 = {
+    "1": (70.0, None, None, None, None, None, None),
+    "2": (74.5, 57.0, 65.0, 93.4, 94.3, 85.2, 88.2),
+    "3": (75.4, 59.6, 66.0, 93.5, 93.7, 84.7, 85.2),
+    "4": (72.2, 52.6, 60.9, 91.0, 92.3, 82.4, 83.6),
+    "6": (74.8, None, 63.6, None, 93.5, None, 85.9),
+}
+#: Table S6 mean over folds (model trained on uncorrected data, tested on corrected data).
+PAPER_S6_MEAN = {"ap50": 72.9, "map": 32.0, "seg_median_iou": 78.8, "seg_median_dice": 88.1, "main_accuracy": 66.4,
+                 "main_mcc": 53.7, "main_auroc_micro": 92.2, "main_auroc_macro": 79.6, "super_accuracy": 76.1,
+                 "super_mcc": 63.0, "super_auroc_micro": 92.7, "super_auroc_macro": 83.8}
+#: Table S3, ResNet-18 AP@.5 by scale factor (fold 1).
+PAPER_S3 = {1.0: 61.7, 2.67: 76.4, 4.0: 75.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate_samples(samples: Sequence[FovSample], preds: dict[str, Detections]) -> dict:
+    """:func:`evaluate_model` of stored predictions against the truth of ``samples`` (matched by FOV name)."""
+    missing = [s.name for s in samples if s.name not in preds]
+    if missing:
+        raise KeyError(f"no stored prediction for {len(missing)} FOV(s), e.g. {missing[0]}")
+    return evaluate_model([eval_truth(s) for s in samples], [preds[s.name].to_eval() for s in samples])
+
+
+def evaluate_plan(plan: Sequence[Experiment], out_root: str | Path, truths: dict[str, list[FovSample]],
+                  progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Evaluate every experiment's stored predictions against every truth it has predictions for.
+
+    Parameters
+    ----------
+    truths : ``{truth name: samples}``; ``'corrected'`` (and e.g. ``'generator'``) are scored on the predictions
+        ``predictions_test.npz``; any other name ``X`` on ``predictions_X.npz``.
+
+    Returns
+    -------
+    rows : DataFrame, one row per (experiment, truth): experiment fields and every scalar metric (fractions).
+    details : ``{(experiment, truth): full result dict}`` (matched pairs, per-class scores, confusion tables).
+    """
+    from tqdm.auto import tqdm
+
+    rows, details = [], {}
+    for exp in tqdm(plan, desc="evaluating", disable=not progress):
+        for truth_name, samples in truths.items():
+            fname = "test" if truth_name in ("corrected", "generator") else truth_name
+            path = Path(out_root) / exp.name / f"predictions_{fname}.npz"
+            if not path.is_file():
+                continue
+            preds = load_predictions(path)
+            subset = [s for s in samples if s.name in preds]
+            if not subset:
+                continue
+            res = evaluate_samples(subset, preds)
+            details[(exp.name, truth_name)] = res
+            rows.append({"experiment": exp.name, "truth": truth_name, "fold": exp.fold, "config": exp.config,
+                         "training_data": exp.training_data, "level": exp.model.level,
+                         "scale_factor": exp.model.scale_factor, "n_fovs": len(subset),
+                         **{k: v for k, v in res.items() if np.isscalar(v)}})
+    return pd.DataFrame(rows), details
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------
+def _pct(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for k in TABLE1_COLUMNS:
+        if k in out and k not in _COUNTS:
+            out[k] = (100 * out[k].astype(float)).round(1)
+    return out
+
+
+def table1(rows: pd.DataFrame, truth: str, config: str = "3", training_data: str = "corrected",
+           mean_folds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Table 1 (or Table S6 with ``training_data='uncorrected'``): one row per fold, then ``Mean (SD)``.
+
+    The mean is over folds 2-5 by default (fold 1 is the validation fold); for the P-truth half, over every fold
+    that has P-truth FOVs except fold 1... unless only fold 1 exists, when the mean row is omitted.
+    """
+    sel = rows[(rows["truth"] == truth) & (rows["config"] == config) & (rows["training_data"] == training_data)
+               & rows["experiment"].str.match(rf"^(uncorrected_)?config{config}_fold\d+$")]
+    sel = _pct(sel.sort_values("fold"))
+    cols = [c for c in TABLE1_COLUMNS if c in sel]
+    table = sel[["fold", *cols]].astype({"fold": object}).reset_index(drop=True)
+    table["fold"] = [f"{f} (val)" if f == 1 else str(f) for f in sel["fold"]]
+    folds = [f for f in sel["fold"] if f != 1] if mean_folds is None else list(mean_folds)
+    use = sel[sel["fold"].isin(folds)]
+    if len(use) >= 1:
+        mean = {"fold": f"Mean (SD), folds {','.join(map(str, folds))}"}
+        for c in cols:
+            if c in _COUNTS:
+                mean[c] = int(use[c].sum())
+            else:
+                m, s = use[c].mean(), use[c].std(ddof=1) if len(use) > 1 else float("nan")
+                mean[c] = f"{m:.1f} ({s:.1f})" if np.isfinite(s) else f"{m:.1f}"
+        table = pd.concat([table.astype(object), pd.DataFrame([mean])], ignore_index=True)
+    return table.rename(columns=TABLE1_COLUMNS)
+
+
+def table_s5(rows: pd.DataFrame, truth: str = "corrected") -> pd.DataFrame:
+    """Table S5: classification ablations on fold 1, with the paper's values beside ours."""
+    sel = rows[(rows["truth"] == truth) & (rows["fold"] == 1) & (rows["training_data"] == "corrected")
+               & rows["experiment"].str.match(r"^config\d_fold1$")]
+    out = []
+    desc = {"1": "near-vanilla Mask R-CNN (per-class boxes and NMS), hybrid training",
+            "2": "class-agnostic boxes + global NMS on objectness",
+            "3": "+ 4 classification convolutions (final NuCLS model)",
+            "4": "config 2's detector, then an independent thumbnail classifier",
+            "6": "config 2 trained on super-classes"}
+    for _, r in sel.sort_values("config").iterrows():
+        paper = PAPER_S5.get(r["config"], (None,) * 7)
+        super_only = r["level"] == "super"
+        ours = (r["ap50"], None if super_only else r["main_mcc"], r["super_mcc"],
+                None if super_only else r["main_auroc_micro"], r["super_auroc_micro"],
+                None if super_only else r["main_auroc_macro"], r["super_auroc_macro"])
+        row = {"config": r["config"], "description": desc.get(r["config"], "")}
+        for name, o, p in zip(("AP@.5", "MCC main", "MCC super", "µAUROC main", "µAUROC super", "MAUROC main",
+                               "MAUROC super"), ours, paper):
+            row[name] = None if o is None or not np.isfinite(o) else round(100 * o, 1)
+            row[f"{name} (paper)"] = p
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def table_s3(rows: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """Table S3: AP@.5 on fold 1 by scale factor (ResNet-18), with input pixels per feature-map cell."""
+    sel = rows[(rows["truth"] == "corrected") & (rows["fold"] == 1) & (rows["config"] == "3")
+               & (rows["training_data"] == "corrected")
+               & rows["experiment"].str.match(r"^(sf[\d.]+|config3)_fold1$")].sort_values("scale_factor")
+    return pd.DataFrame({
+        "scale factor": sel["scale_factor"].to_numpy(),
+        "input px per feature cell": [round(stride / s, 1) for s in sel["scale_factor"]],
+        "TIL (~30 px) in feature cells": [round(30 * s / stride, 2) for s in sel["scale_factor"]],
+        "AP@.5": (100 * sel["ap50"]).round(1).to_numpy(),
+        "AP@.5 (paper, R18)": [PAPER_S3.get(round(s, 2)) for s in sel["scale_factor"]],
+        "experiment": sel["experiment"].to_numpy(),
+    })
+
+
+def table_s4(details: dict, experiments: Sequence[str], truth: str) -> pd.DataFrame:
+    """Table S4: per-super-class MCC and AUROC (one-vs-rest) of each fold, in percent."""
+    rows = []
+    for name in experiments:
+        res = details.get((name, truth))
+        if res is None:
+            continue
+        per = res["super"]["per_class"]
+        row = {"experiment": name, "MCC overall": res["super"]["mcc"], "µAUROC": res["super"]["auroc_micro"],
+               "MAUROC": res["super"]["auroc_macro"]}
+        for cls in ("tumor_any", "nonTIL_stromal", "sTIL"):
+            if cls in per.index:
+                row[f"MCC {cls}"] = per.loc[cls, "mcc"]
+                row[f"AUROC {cls}"] = per.loc[cls, "auroc"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    num = df.columns.drop("experiment")
+    df[num] = (100 * df[num].astype(float)).round(1)
+    return df
+
+
+def table_s6(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table S6: trained on uncorrected vs corrected single-rater data, both tested on corrected data."""
+    sel = rows[(rows["truth"] == "corrected") & (rows["config"] == "3")
+               & rows["experiment"].str.match(r"^(uncorrected_)?config3_fold\d+$")]
+    folds = sorted(set(sel.loc[sel["training_data"] == "uncorrected", "fold"]))
+    sel = _pct(sel[sel["fold"].isin(folds)])
+    keys = [k for k in TABLE1_COLUMNS if k not in _COUNTS]
+    out = sel.groupby("training_data")[keys].mean().round(1).T
+    out.columns = [f"trained on {c} (folds {','.join(map(str, folds))})" for c in out.columns]
+    out["paper, uncorrected (mean)"] = [PAPER_S6_MEAN.get(k) for k in out.index]
+    out.index = [TABLE1_COLUMNS[k] for k in out.index]
+    return out.reset_index(names="metric")
+
+
+def paper_vs_run(table1_rows: pd.DataFrame, truth: str) -> pd.DataFrame:
+    """Mean of this run's Table 1 (folds 2-5, or every fold for P-truth) beside the paper's mean (SD)."""
+    paper = PAPER_TABLE1["corrected" if truth == "corrected" else "ptruth"]
+    sel = table1_rows[(table1_rows["truth"] == truth) & (table1_rows["config"] == "3")
+                      & (table1_rows["training_data"] == "corrected")
+                      & table1_rows["experiment"].str.match(r"^config3_fold\d+$")]
+    use = sel[sel["fold"] != 1] if (sel["fold"] != 1).any() else sel
+    out = []
+    for k, (pm, ps) in paper.items():
+        v = 100 * use[k].astype(float)
+        out.append({"metric": TABLE1_COLUMNS[k], "paper mean": pm, "paper SD": ps,
+                    "this run mean": round(v.mean(), 1) if v.notna().any() else None,
+                    "this run SD": round(v.std(ddof=1), 1) if v.notna().sum() > 1 else None,
+                    "folds": ",".join(map(str, sorted(use["fold"])))})
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------------
+def plot_training_curves(history: pd.DataFrame, title: str = "Training progress (fold 1)",
+                         freeze_at: int | None = None) -> plt.Figure:
+    """Fig. S10: loss terms (running mean) and test metrics vs gradient updates."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    h = history[history["loss"].notna()] if "loss" in history else history.iloc[:0]
+    win = max(1, len(h) // 30)
+    for col in [c for c in h.columns if c.startswith("loss")]:
+        axes[0].plot(h["iteration"], h[col].rolling(win, min_periods=1).mean(), label=col, lw=1.5 if col == "loss" else 1)
+    axes[0].set(xlabel="gradient updates", ylabel=f"loss (running mean of {win})", yscale="log", title="losses")
+    axes[0].legend(fontsize=7)
+    ev = history[[c for c in history.columns if c.startswith("eval_")] + ["iteration"]].dropna(how="all",
+                                                                                                subset=None)
+    ev = ev[ev.drop(columns="iteration").notna().any(axis=1)] if len(ev.columns) > 1 else ev.iloc[:0]
+    for col in ev.columns.drop("iteration"):
+        axes[1].plot(ev["iteration"], ev[col], marker="o", label=col.removeprefix("eval_"))
+    axes[1].set(xlabel="gradient updates", ylabel="held-out metric", ylim=(0, 1), title="test fold")
+    if len(ev.columns) > 1:
+        axes[1].legend(fontsize=7)
+    for ax in axes:
+        if freeze_at:
+            ax.axvline(freeze_at, color="grey", ls="--", lw=1)
+    fig.suptitle(title + (" (dashed: detection frozen)" if freeze_at else ""))
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusions(pairs: dict[str, pd.DataFrame], level: str = "main") -> plt.Figure:
+    """Fig. S11: row-normalised confusion matrices of matched nuclei (true class rows, predicted columns)."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.2 * len(pairs), 5.4), squeeze=False)
+    order = [c for c in (tx.MAIN_CLASSES if level == "main" else tx.SUPER_CLASSES) if c != tx.AMBIGUOUS]
+    for ax, (title, df) in zip(axes[0], pairs.items()):
+        t = df["true_class" if level == "main" else "true_super"]
+        p = df["pred_class" if level == "main" else "pred_super"]
+        ct = pd.crosstab(pd.Categorical(t, order), pd.Categorical(p, order), dropna=False)
+        frac = ct.div(ct.sum(axis=1).replace(0, np.nan), axis=0)
+        sns.heatmap(frac, annot=ct.to_numpy(), fmt="d", cmap="Blues", vmin=0, vmax=1, ax=ax, cbar=False,
+                    annot_kws={"fontsize": 7})
+        ax.set(xlabel="predicted", ylabel="true", title=f"{title} (n = {int(ct.to_numpy().sum())})")
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+        ax.tick_params(axis="y", rotation=0, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictions(samples: Sequence[FovSample], preds: dict[str, Detections], level: str = "super",
+                     n: int = 4, threshold: float = 0.5) -> plt.Figure:
+    """Fig. 6d: test FOVs with predicted boundaries coloured by predicted class; truth boxes dashed."""
+    from skimage.segmentation import find_boundaries
+
+    samples = list(samples)[:n]
+    colors = tx.colors(level)
+    fig, axes = plt.subplots(2, len(samples), figsize=(4.2 * len(samples), 8.4), squeeze=False)
+    for j, s in enumerate(samples):
+        det = preds[s.name]
+        det = det.select(det.scores >= threshold)
+        axes[0, j].imshow(s.rgb)
+        axes[0, j].set_title(s.name.split("_id-")[0], fontsize=8)
+        for b, c in zip(s.boxes, s.classes):
+            name = tx.to_super(c) if level == "super" else c
+            axes[0, j].add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1,
+                                               ls="--", ec=colors.get(name, "k")))
+        overlay = s.rgb.copy()
+        inst = det.instance_map(s.rgb.shape[:2], threshold=0.5)
+        probs, names = tx.group_probabilities(det.probs, det.classes, level) if level == "super" else \
+            (det.probs, list(det.classes))
+        lab = np.asarray(names)[probs.argmax(1)] if len(det) else np.array([])
+        edge = find_boundaries(inst, mode="inner")
+        for k in range(len(det)):
+            col = np.array(plt.matplotlib.colors.to_rgb(colors.get(lab[k], "#000000"))) * 255
+            overlay[edge & (inst == k + 1)] = col.astype(np.uint8)
+        axes[1, j].imshow(overlay)
+        axes[1, j].set_title(f"{len(det)} predicted nuclei (objectness >= {threshold})", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], color=c, lw=3, label=k) for k, c in colors.items() if k != tx.AMBIGUOUS]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    axes[0, 0].set_ylabel("truth (boxes)")
+    axes[1, 0].set_ylabel("NuCLS prediction")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
