@@ -25,6 +25,7 @@ requested) for the ``N`` detections kept; masks are never pasted into full-image
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -216,6 +217,19 @@ def _largest_nucleus(model_or_fn) -> float | None:
     return float(max(sizes)) if sizes else None
 
 
+def _detection_cap(model_or_fn) -> int | None:
+    config = getattr(model_or_fn, "config", None)
+    cap = getattr(config, "detections_per_img", None)
+    return int(cap) if cap else None
+
+
+def _warn_capped(n_capped: int, n_passes: int, cap: int | None) -> None:
+    if n_capped:
+        warnings.warn(f"{n_capped} of {n_passes} forward passes returned the model's maximum of {cap} detections "
+                      "(config.detections_per_img): nuclei may be missing there; use smaller tiles or a model with "
+                      "a larger detections_per_img", RuntimeWarning, stacklevel=3)
+
+
 def predict_tiled(model_or_fn, rgb: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, *,
                   nms_iou: float | None = None, progress: bool = False, return_features: bool = False,
                   max_nucleus: float | None = None) -> Detections:
@@ -232,8 +246,9 @@ def predict_tiled(model_or_fn, rgb: np.ndarray, tile: int = DEFAULT_TILE, overla
     tile : int
         Tile side in input pixels. Images no larger than a tile along an axis get one tile along that axis, so an
         image smaller than a tile is predicted in one pass. For a model, ``(tile - overlap) * scale_factor``
-        divisible by the network stride (16 or 32) puts all interior tiles on the same feature grid as a
-        whole-image pass (true for the defaults at any integer scale factor).
+        divisible by the network stride (16 or 32) puts every tile but the last along each axis (that one is
+        aligned to the image edge) on the feature grid of a whole-image pass (true for the defaults at any
+        integer scale factor).
     overlap : int
         Pixels shared by neighbouring tiles; each tile keeps the detections whose box centre lies in its core
         (the tile minus ``overlap / 2`` on each side bordering another tile). **Must be at least twice the
@@ -261,6 +276,13 @@ def predict_tiled(model_or_fn, rgb: np.ndarray, tile: int = DEFAULT_TILE, overla
     ValueError
         For a bad image, a tile or overlap that is not a positive / non-negative integer, ``overlap >= tile``,
         or ``overlap < 2 * max_nucleus``.
+
+    Warns
+    -----
+    RuntimeWarning
+        When a tile returned the model's ``config.detections_per_img`` detections (300 for NuCLS): one forward pass
+        never returns more, so nuclei may be missing in that tile (a single pass over a large image would lose
+        most of them; this is one more reason to tile).
     """
     rgb = _check_rgb(rgb)
     _check_geometry(tile, overlap)
@@ -276,18 +298,21 @@ def predict_tiled(model_or_fn, rgb: np.ndarray, tile: int = DEFAULT_TILE, overla
     predict = _as_tile_predictor(model_or_fn, return_features)
     h, w = rgb.shape[:2]
     windows = list(iter_tiles((h, w), tile, overlap))
+    cap, n_capped = _detection_cap(model_or_fn), 0
     kept: list[Detections] = []
     with tqdm(total=len(windows), desc="tiles", unit="tile", disable=not progress) as bar:
         for y0, x0, y1, x1, (ylo, yhi), (xlo, xhi) in windows:
             det = predict(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
             if not isinstance(det, Detections):
                 raise TypeError(f"the tile predictor returned {type(det).__name__}, not Detections")
+            n_capped += cap is not None and len(det) >= cap
             det = det.shifted(x0, y0)
             cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2.0
             cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2.0
             inside = (cx >= xlo) & (cx < xhi) & (cy >= ylo) & (cy < yhi)
             kept.append(det.select(inside))
             bar.update()
+    _warn_capped(n_capped, len(windows), cap)
     merged = Detections.concat(kept)
     if len(windows) == 1:
         return merged.select(np.argsort(-merged.scores, kind="stable"))
@@ -302,11 +327,13 @@ def predict_fovs(model_or_fn, rgbs: Sequence[np.ndarray], tile: int = DEFAULT_TI
     A tqdm bar counts the images (``progress``); the other arguments are those of :func:`predict_tiled`.
     """
     predict = _as_tile_predictor(model_or_fn, return_features)
+    cap = _detection_cap(model_or_fn)
     out = []
     for rgb in tqdm(rgbs, desc="images", unit="image", disable=not progress):
         rgb = _check_rgb(rgb)
         if max(rgb.shape[:2]) <= tile:
             det = predict(rgb)
+            _warn_capped(int(cap is not None and len(det) >= cap), 1, cap)
             out.append(det.select(np.argsort(-det.scores, kind="stable")))
         else:
             out.append(predict_tiled(model_or_fn, rgb, tile, overlap, nms_iou=nms_iou, progress=False,
