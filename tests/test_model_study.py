@@ -1,0 +1,55 @@
+"""P-truth loading for Table 1's bottom half and the Table 1 assembly of notebook 06."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from nucls_utils.model.report import table1
+from nucls_utils.model.study import load_ptruth_samples
+
+FOV = "TCGA-Y0-A000-DX1_id-abc_left-100_top-200_bottom-400_right-300"
+
+
+def _truth(tmp_path):
+    rgb = np.full((220, 220, 3), 230, np.uint8)
+    (tmp_path / "rgb").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "rgb" / f"{FOV}.png")
+    rows = [  # fovname, box, raw P-truth
+        (10, 10, 40, 40, "tumor"), (50, 50, 70, 75, "lymphocyte"), (80, 80, 100, 100, "undetected"),
+        (100, 100, 120, 118, None), (0, 0, 150, 150, "fibroblast"), (150, 150, 170, 170, "apoptotic_body"),
+        (195, 195, 215, 215, "plasma_cell"),
+    ]
+    df = pd.DataFrame([{"fovname": FOV, "xmin": a, "ymin": b, "xmax": c, "ymax": d, "EM_inferred_label_Ps": lab}
+                       for a, b, c, d, lab in rows])
+    df.to_csv(tmp_path / "truth_E.csv", index=False)
+    pd.DataFrame([{"fovname": FOV, "xmin": 5, "ymin": 5, "xmax": 205, "ymax": 205}]).to_csv(
+        tmp_path / "ALL_FOV_LOCATIONS.csv", index=False)
+    return tmp_path
+
+
+def test_ptruth_drops_non_nuclei_and_oversized_anchors_and_crops_to_the_fov(tmp_path):
+    root = _truth(tmp_path)
+    (s,) = load_ptruth_samples(root / "truth_E.csv", root / "rgb", fov_locations=root / "ALL_FOV_LOCATIONS.csv",
+                               normalise=False)
+    assert s.rgb.shape == (200, 200, 3) and s.origin == (5, 5)
+    # undetected, no P-truth (NaN) and the 150 px anchor are gone; the edge box is clipped to 10 x 10 (kept, > 8)
+    assert list(s.classes) == ["tumor_nonMitotic", "lymphocyte", "AMBIGUOUS", "plasma_cell"]
+    np.testing.assert_array_equal(s.boxes[0], [5, 5, 35, 35])
+    np.testing.assert_array_equal(s.boxes[-1], [190, 190, 200, 200])
+    assert not s.ismask.any() and all(m.shape == (b[3] - b[1], b[2] - b[0]) for m, b in zip(s.masks, s.boxes))
+
+
+def _rows(values):
+    return pd.DataFrame([{"experiment": f"config3_fold{f}", "truth": "corrected", "fold": f, "config": "3",
+                          "training_data": "corrected", "det_n": 100 * f, "ap50": ap, "map": ap / 2}
+                         for f, ap in values])
+
+
+def test_table1_mean_row_leaves_out_the_validation_fold():
+    t = table1(_rows([(1, 0.9), (2, 0.6), (3, 0.7), (4, 0.8)]), "corrected")
+    assert list(t["fold"]) == ["1 (val)", "2", "3", "4", "Mean (SD), folds 2,3,4"]
+    assert t.iloc[-1]["AP@.5"] == "70.0 (10.0)"  # mean and SD of 60, 70, 80 -- fold 1's 90 left out
+    assert t.iloc[-1]["det N"] == 900
+    assert t.iloc[0]["AP@.5"] == 90.0
