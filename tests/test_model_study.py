@@ -38,7 +38,7 @@ def test_ptruth_drops_non_nuclei_and_oversized_anchors_and_crops_to_the_fov(tmp_
     assert list(s.classes) == ["tumor_nonMitotic", "lymphocyte", "AMBIGUOUS", "plasma_cell"]
     np.testing.assert_array_equal(s.boxes[0], [5, 5, 35, 35])
     np.testing.assert_array_equal(s.boxes[-1], [190, 190, 200, 200])
-    assert not s.ismask.any() and all(m.shape == (b[3] - b[1], b[2] - b[0]) for m, b in zip(s.masks, s.boxes))
+    assert not s.ismask.any() and all(m.shape == (b[3] - b[1], b[2] - b[0]) for m, b in zip(s.masks, s.boxes, strict=True))
 
 
 def _rows(values):

@@ -35,6 +35,11 @@ __all__ = ["ModelConfig", "MODEL_CONFIGS", "build_model", "NucleusMaskRCNN", "Nu
            "ScaleFactorTransform", "model_class_names"]
 
 
+def json_fields(d: dict) -> dict:
+    """A config dict read back from JSON, with lists turned back into the tuples the frozen dataclasses hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
 def model_class_names(level: str) -> tuple[str, ...]:
     """Classes a model is trained on, label = index + 1; the last one (AMBIGUOUS) is the ignore label."""
     if level == "main":
@@ -80,6 +85,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
+        return cls(**json_fields(d))
 
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)
@@ -137,7 +147,7 @@ class ScaleFactorTransform(_generalized_transform()):
     def postprocess(self, result, image_shapes, original_image_sizes):
         if self.training:
             return result
-        for pred, (h, w), (oh, ow) in zip(result, image_shapes, original_image_sizes):
+        for pred, (h, w), (oh, ow) in zip(result, image_shapes, original_image_sizes, strict=True):
             pred["boxes"] = pred["boxes"] * pred["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
         return result
 
@@ -216,7 +226,7 @@ class NucleusRoIHeads(_roi_heads_base()):
         m = mask_logits.shape[-1]
         rows, goal = [], []
         start = 0
-        for props, idx, t in zip(proposals, matched, targets):
+        for props, idx, t in zip(proposals, matched, targets, strict=True):
             n = props.shape[0]
             if n and t["masks"].shape[0]:
                 ismask = t.get("ismask")
@@ -246,7 +256,7 @@ class NucleusRoIHeads(_roi_heads_base()):
             cls_loss, box_loss = self._detection_losses(logits, deltas, labels_cat, torch.cat(reg_targets))
             losses = {"loss_classifier": cls_loss, "loss_box_reg": box_loss}
             pos_props, pos_matched = [], []
-            for p, i, lab in zip(proposals, matched, labels):
+            for p, i, lab in zip(proposals, matched, labels, strict=True):
                 pos = torch.where(lab > 0)[0]
                 pos_props.append(p[pos])
                 pos_matched.append(i[pos])
@@ -261,7 +271,7 @@ class NucleusRoIHeads(_roi_heads_base()):
         boxes = [r["boxes"] for r in result]
         if sum(b.shape[0] for b in boxes):
             mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
-            for r, mp in zip(result, mask_logits.sigmoid()[:, 0].split([b.shape[0] for b in boxes])):
+            for r, mp in zip(result, mask_logits.sigmoid()[:, 0].split([b.shape[0] for b in boxes]), strict=True):
                 r["mask_probs"] = mp
         else:
             for r in result:
@@ -277,7 +287,7 @@ class NucleusRoIHeads(_roi_heads_base()):
         deltas = deltas.reshape(deltas.shape[0], -1)
         decoded = self.box_coder.decode(deltas, proposals).reshape(sum(n_per), -1, 4)  # (N, 2 or K, 4)
         out = []
-        for prob_i, boxes_i, x_i, shape in zip(prob.split(n_per), decoded.split(n_per), cls_x.split(n_per), image_shapes):
+        for prob_i, boxes_i, x_i, shape in zip(prob.split(n_per), decoded.split(n_per), cls_x.split(n_per), image_shapes, strict=True):
             boxes_i = box_ops.clip_boxes_to_image(boxes_i, shape)
             objectness = 1.0 - prob_i[:, 0]  # summed non-background probability, before AMBIGUOUS is zeroed
             cls = prob_i.clone()
@@ -385,7 +395,7 @@ def _backbone(config: ModelConfig) -> tuple[nn.Module, int, str]:
     # pretrained: frozen batch norm as torchvision does; from scratch: batch norm must learn its statistics
     body = resnet18(weights=None, norm_layer=FrozenBatchNorm2d if state is not None else nn.BatchNorm2d)
     if state is not None:
-        missing, _ = body.load_state_dict(state, strict=False)
+        missing, _ = body.load_state_dict(state, strict=True)
         if [m for m in missing if not m.startswith("fc.")]:
             raise ValueError(f"backbone weights from {source} lack {missing[:3]}...")
         for name, p in body.named_parameters():  # as torchvision: the stem and layer1 stay frozen

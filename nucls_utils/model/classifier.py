@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
 from ..io.atomic import atomic_path
+from .architecture import json_fields
 from .data import model_classes, stain_augment
 from .detections import Detections
 
@@ -408,7 +409,7 @@ def load_classifier(out_dir: str | Path, device: str | None = None) -> Thumbnail
     if not path.is_file():
         raise FileNotFoundError(f"no trained thumbnail classifier at {path}")
     blob = torch.load(path, map_location=device or "cpu", weights_only=False)
-    cfg = ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
+    cfg = ClassifierConfig(**json_fields(blob["config"]))
     if tuple(blob.get("classes", CLASSIFIER_CLASSES)) != CLASSIFIER_CLASSES:
         raise ValueError(f"{path}: classifier classes {blob.get('classes')} differ from {CLASSIFIER_CLASSES}")
     model = build_classifier(cfg)

@@ -393,6 +393,13 @@ def _perturb(rgb: np.ndarray, alphas: Sequence[float], betas: Sequence[float],
     return _od_to_uint8(out.reshape(rgb.shape[:2] + (3,)))
 
 
+def _as_rgb(rgb) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"rgb must be an (H, W, 3) image, got shape {rgb.shape}")
+    return rgb
+
+
 def stain_augment(rgb: np.ndarray, rng: np.random.Generator, sigma1: float = STAIN_SIGMA,
                   sigma2: float = STAIN_SIGMA, min_tissue_fraction: float = 0.01,
                   estimate_stride: int = 2) -> np.ndarray:
@@ -420,9 +427,7 @@ def stain_augment(rgb: np.ndarray, rng: np.random.Generator, sigma1: float = STA
     -------
     (H, W, 3) uint8 ndarray
     """
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"rgb must be an (H, W, 3) image, got shape {rgb.shape}")
+    rgb = _as_rgb(rgb)
     draws = rng.uniform(0.0, 1.0, size=6)
     alphas = (1.0 - sigma1) + 2.0 * sigma1 * draws[0::2]
     betas = -sigma2 + 2.0 * sigma2 * draws[1::2]
@@ -447,9 +452,7 @@ def macenko_normalise(rgb: np.ndarray, target_stain_matrix: np.ndarray | None = 
     """
     from histomicstk.preprocessing.color_normalization import deconvolution_based_normalization
 
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"rgb must be an (H, W, 3) image, got shape {rgb.shape}")
+    rgb = _as_rgb(rgb)
     rgb = rgb[..., :3]
     target = MACENKO_TARGET_W if target_stain_matrix is None else np.asarray(target_stain_matrix, dtype=float)
     w_src = _macenko_w(_od(rgb), min_tissue_fraction)

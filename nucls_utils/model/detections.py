@@ -142,7 +142,7 @@ class Detections:
         """Each detection's mask as ``(integer box, bool array of the box's shape)``; box rounded outward."""
         if self.mask_probs is None:
             raise ValueError("these detections carry no masks")
-        return [_paste_local(m, b, threshold) for m, b in zip(self.mask_probs, self.boxes)]
+        return [_paste_local(m, b, threshold) for m, b in zip(self.mask_probs, self.boxes, strict=True)]
 
     def instance_map(self, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
         """``(H, W) int32`` label image: detection ``i`` painted as ``i + 1``, the most confident on top."""

@@ -53,14 +53,26 @@ class Experiment:
         d["model"] = self.model.to_dict()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Experiment:
+        """Inverse of :meth:`to_dict` (e.g. notebook 05's ``plan.json``)."""
+        d = dict(d)
+        d["model"] = ModelConfig.from_dict(d["model"])
+        d["tables"] = tuple(d["tables"])
+        return cls(**d)
 
-def experiment_plan(profile: str, folds: Sequence[int] = (1, 2, 3, 4, 5)) -> list[Experiment]:
+
+def experiment_plan(profile: str, folds: Sequence[int] = (1, 2, 3, 4, 5), *,
+                    weights: str | None = "imagenet") -> list[Experiment]:
     """The experiments a profile runs, in training order (config 4 after the config 2 it reuses).
 
     ``paper``: Table 1 and Table S6 on every fold; ablations (S3, S5) on fold 1, as the paper did. ``cpu`` and
     ``smoke``: Table 1 on every fold; Table S6 and the ablations on fold 1 only (a 2-core budget).
+    ``weights``: the backbone's initial weights for every model ('imagenet' when torchvision can load them, None,
+    or a path to ResNet-18 weights).
     """
     base, _ = profile_configs(profile)
+    base = base.with_(weights=weights)
     folds = sorted(set(int(f) for f in folds))
     if 1 not in folds:
         raise ValueError("fold 1 (the validation fold) must be in the plan: the ablations run on it")
@@ -93,7 +105,7 @@ def _scale_factors(profile: str, final: float) -> list[float]:
 
 def fold_split(assignment: pd.DataFrame, fold: int, slides: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices of ``slides`` (one per FOV) in the training and the test set of ``fold``."""
-    fold_of = dict(zip(assignment["slide_name"], assignment["fold"]))
+    fold_of = dict(zip(assignment["slide_name"], assignment["fold"], strict=True))
     missing = sorted({s for s in slides if s not in fold_of})
     if missing:
         raise ValueError(f"slide(s) {missing[:3]} have no fold in the fold assignment")
@@ -135,7 +147,7 @@ def load_predictions(path: str | Path) -> dict[str, Detections]:
         boxes, scores, probs = z["boxes"], z["scores"], z["probs"]
         masks = z["mask_probs"].astype(np.float32)
     out, start = {}, 0
-    for name, n in zip(names, counts):
+    for name, n in zip(names, counts, strict=True):
         sl = slice(start, start + int(n))
         out[str(name)] = Detections(boxes[sl], scores[sl], probs[sl].reshape(-1, len(classes)), classes,
                                     masks[sl] if len(masks) else None)
@@ -184,7 +196,7 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     classes = model_classes(exp.model.level)
 
     if exp.detector_from is not None:  # config 4: reuse a detector, train a thumbnail classifier
-        from .classifier import train_thumbnail_classifier, classify_detections
+        from .classifier import classify_detections, train_thumbnail_classifier
         from .train import load_trained
 
         detector = load_trained(Path(out_root) / exp.detector_from, device=device)

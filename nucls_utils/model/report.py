@@ -167,7 +167,7 @@ def table_s5(rows: pd.DataFrame, truth: str = "corrected") -> pd.DataFrame:
                 None if super_only else r["main_auroc_macro"], r["super_auroc_macro"])
         row = {"config": r["config"], "description": desc.get(r["config"], "")}
         for name, o, p in zip(("AP@.5", "MCC main", "MCC super", "µAUROC main", "µAUROC super", "MAUROC main",
-                               "MAUROC super"), ours, paper):
+                               "MAUROC super"), ours, paper, strict=True):
             row[name] = None if o is None or not np.isfinite(o) else round(100 * o, 1)
             row[f"{name} (paper)"] = p
         out.append(row)
@@ -276,7 +276,7 @@ def plot_confusions(pairs: dict[str, pd.DataFrame], level: str = "main") -> plt.
 
     fig, axes = plt.subplots(1, len(pairs), figsize=(6.2 * len(pairs), 5.4), squeeze=False)
     order = [c for c in (tx.MAIN_CLASSES if level == "main" else tx.SUPER_CLASSES) if c != tx.AMBIGUOUS]
-    for ax, (title, df) in zip(axes[0], pairs.items()):
+    for ax, (title, df) in zip(axes[0], pairs.items(), strict=True):
         t = df["true_class" if level == "main" else "true_super"]
         p = df["pred_class" if level == "main" else "pred_super"]
         ct = pd.crosstab(pd.Categorical(t, order), pd.Categorical(p, order), dropna=False)
@@ -303,7 +303,7 @@ def plot_predictions(samples: Sequence[FovSample], preds: dict[str, Detections],
         det = det.select(det.scores >= threshold)
         axes[0, j].imshow(s.rgb)
         axes[0, j].set_title(s.name.split("_id-")[0], fontsize=8)
-        for b, c in zip(s.boxes, s.classes):
+        for b, c in zip(s.boxes, s.classes, strict=True):
             name = tx.to_super(c) if level == "super" else c
             axes[0, j].add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1,
                                                ls="--", ec=colors.get(name, "k")))

@@ -131,7 +131,7 @@ class ModelInputs:
 
     def summary(self) -> pd.DataFrame:
         """FOVs and nuclei per fold and data set."""
-        fold_of = dict(zip(self.assignment["slide_name"], self.assignment["fold"]))
+        fold_of = dict(zip(self.assignment["slide_name"], self.assignment["fold"], strict=True))
         rows = []
         sets = {**self.samples, **({"P-truth (E)": self.ptruth} if self.ptruth else {}),
                 **({"generator": self.generator} if self.generator else {})}

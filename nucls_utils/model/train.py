@@ -257,7 +257,7 @@ def load_trained(out_dir: str | Path, device: str | None = None) -> NucleusMaskR
     if not path.is_file():
         raise FileNotFoundError(f"no trained model at {path}")
     blob = torch.load(path, map_location=device or "cpu", weights_only=False)
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["model_config"].items()})
+    cfg = ModelConfig.from_dict(blob["model_config"])
     model = build_model(cfg.with_(weights=None))
     model.load_state_dict(blob["state_dict"])
     info = _read_json(Path(out_dir) / "training.json") or {}
