@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -355,7 +356,7 @@ class NucleusMaskRCNN(_maskrcnn_base()):
         self.eval()
         self.roi_heads.return_features = return_features
         try:
-            x = torch.as_tensor(rgb[..., :3]).permute(2, 0, 1).float().div_(255.0)
+            x = torch.tensor(np.asarray(rgb)[..., :3]).permute(2, 0, 1).float().div_(255.0)  # a copy: PIL arrays are read-only
             dev = next(self.parameters()).device
             out = self([x.to(dev)])[0]
         finally:
