@@ -64,7 +64,7 @@ __all__ = [
     "representation_matrix",
     "embed", "hyperboloid_to_poincare",
     "fit_tree", "fit_statistics", "node_statistics", "best_nodes", "node_members", "node_embedding_means",
-    "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "check_rule_directions",
+    "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "class_rules", "check_rule_directions",
     "plot_embedding", "plot_tree_overlay", "plot_node_members", "plot_step_by_step", "plot_simplified_tree",
 ]
 
@@ -735,6 +735,35 @@ def decision_path(tree, node: int, feature_names: Sequence[str] | None = None, *
                         text=describe_rules(rules, units, digits), units=units, simplified=simplify_rules(rules))
 
 
+def class_rules(tree, stats: pd.DataFrame, *, feature_names: Sequence[str] | None = None, min_size: int | None = None,
+                units: str = "physical") -> tuple[pd.DataFrame, dict[str, list[Rule]]]:
+    """Each class's representative (best F1) and discriminative (best precision) node, with readable rules.
+
+    Returns
+    -------
+    table : one row per class: node ids, sizes, F1 / precision / recall of both nodes, and their decision paths
+        (``units`` for the text: size thresholds in microns by default).
+    rules : class -> the (simplified) rules of its discriminative path, for :func:`check_rule_directions`.
+    """
+    rep = best_nodes(stats, "f1", min_size=min_size)
+    dis = best_nodes(stats, "precision", min_size=min_size)
+    rows, rules = [], {}
+    for cls in rep.index:
+        r, d = rep.loc[cls], dis.loc[cls]
+        rp = decision_path(tree, int(r["node"]), feature_names, units=units)
+        dp = decision_path(tree, int(d["node"]), feature_names, units=units)
+        rules[cls] = dp.simplified
+        rows.append({"class": cls, "n_predicted": int(r["n_class"]),
+                     "representative node": int(r["node"]), "rep. size": int(r["n_node"]), "rep. F1": r["f1"],
+                     "rep. precision": r["precision"], "rep. recall": r["recall"],
+                     "representative rule": describe_rules(rp.simplified, units),
+                     "discriminative node": int(d["node"]), "disc. size": int(d["n_node"]),
+                     "disc. precision": d["precision"], "disc. F1": d["f1"], "disc. recall": d["recall"],
+                     "discriminative rule": describe_rules(dp.simplified, units),
+                     "informative": bool(r["informative"])})
+    return pd.DataFrame(rows), rules
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Plausibility of the rules (synthetic cohort: the morphology the phantom was drawn with)
 # ------------------------------------------------------------------------------------------------------------
@@ -851,7 +880,7 @@ def plot_embedding(embedding: np.ndarray, labels, *, ax=None, title: str = "", s
         ax.scatter(emb[missing, 0], emb[missing, 1], s=s, c="0.85", lw=0, label="unmatched", rasterized=True)
     for c in classes:
         m = (lab == c).to_numpy()
-        ax.scatter(emb[m, 0], emb[m, 1], s=s, c=colors[c], lw=0, label=f"{c} ({m.sum()})", rasterized=True)
+        ax.scatter(emb[m, 0], emb[m, 1], s=s, color=colors[c], lw=0, label=f"{c} ({m.sum()})", rasterized=True)
     _disk(ax, emb)
     if legend:
         ax.legend(markerscale=4, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
