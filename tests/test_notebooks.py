@@ -51,7 +51,7 @@ def _run_all(*args: str) -> subprocess.CompletedProcess:
     """Run ./run_all.sh with ``args`` (skips the test when the project environment is absent)."""
     if not _venv_python().exists():
         pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
-    return subprocess.run([str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=900)
+    return subprocess.run([str(REPO / "run_all.sh"), *args], capture_output=True, text=True, timeout=1500)
 
 
 def test_run_all_help_and_bad_options():
@@ -132,7 +132,7 @@ def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
 
 @pytest.mark.slow
 def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
-    """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-04 read."""
+    """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-07 read."""
     out = tmp_path / "out"
     proc = _run_all("--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -150,6 +150,17 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
                  "fig2_clustering_example", "fig3e_np_redundancy"):
         assert (out / "figures" / f"{name}.png").exists()
     assert (out / "results" / "synthetic_smoke" / "03_agreement" / "truth_E.csv").exists()
+    # 05 trains every experiment of the plan on each hospital fold; 06 evaluates the stored predictions; 07 DTALE
+    runs = pd.read_csv(out / "results" / "synthetic_smoke" / "05_training" / "training_runs.csv")
+    assert {"config3_fold1", "config1_fold1", "config2_fold1", "config4_fold1", "config6_fold1", "sf1_fold1",
+            "uncorrected_config3_fold1"} <= set(runs["name"])
+    t1 = pd.read_csv(out / "tables" / "table1_corrected_singlerater.csv")
+    assert t1["fold"].iloc[0] == "1 (val)" and t1["fold"].iloc[-1].startswith("Mean (SD)")
+    for name in ("table1_ptruth_E", "tableS3_scale_factor", "tableS5_ablations", "tableS6_uncorrected_training",
+                 "nb06_vs_generator_truth", "fig7_dtale_rules", "nb07_paper_vs_run"):
+        assert (out / "tables" / f"{name}.csv").exists(), name
+    for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay"):
+        assert (out / "figures" / f"{name}.png").exists(), name
 
 
 def _executed_stdout(nb_path: Path) -> str:
