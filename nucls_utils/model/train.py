@@ -57,15 +57,15 @@ class TrainConfig:
 TRAIN_PROFILES: dict[str, TrainConfig] = {
     "smoke": TrainConfig(iterations=4, batch_size=2, crop=96, schedule="onecycle", lr=0.01, freeze_detection_at=3,
                          grad_clip=10.0, checkpoint_every=2),
-    "cpu": TrainConfig(iterations=300, batch_size=2, crop=160, schedule="onecycle", lr=0.02,
-                       freeze_detection_at=275, finetune_lr=2e-3, grad_clip=10.0, eval_every=50,
-                       checkpoint_every=50),
+    "cpu": TrainConfig(iterations=360, batch_size=2, crop=160, schedule="onecycle", lr=0.02,
+                       freeze_detection_at=300, finetune_lr=5e-3, grad_clip=10.0, eval_every=60,
+                       checkpoint_every=60),
     "paper": TrainConfig(iterations=16000, batch_size=4, crop=300, freeze_detection_at=15000, eval_every=2000,
                          checkpoint_every=500),
 }
 
 _CPU_MODEL = ModelConfig(backbone_layer="layer3", scale_factor=2.0, scale_jitter=0.2, roi_size=7, representation=256,
-                         box_batch_size_per_image=128, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=500,
+                         box_batch_size_per_image=64, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=300,
                          mask_channels=64, neck_channels=64)
 #: The final model (config 3) of each profile; ablations are changes to it (:data:`~.architecture.MODEL_CONFIGS`).
 MODEL_PROFILES: dict[str, ModelConfig] = {
