@@ -30,10 +30,9 @@ def real(sample_dir):
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    if not (SMOKE / "csv").is_dir():
-        pytest.skip(f"synthetic smoke cohort not found at {SMOKE}")
-    records = read_dataset(SMOKE)
+def smoke(request):
+    root = SMOKE if (SMOKE / "csv").is_dir() else request.getfixturevalue("smoke_cohort")  # fresh clone: generate
+    records = read_dataset(root)
     return records, md.load_fov_samples(records, progress=False)
 
 
