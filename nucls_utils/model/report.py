@@ -254,13 +254,12 @@ def plot_training_curves(history: pd.DataFrame, title: str = "Training progress 
         axes[0].plot(h["iteration"], h[col].rolling(win, min_periods=1).mean(), label=col, lw=1.5 if col == "loss" else 1)
     axes[0].set(xlabel="gradient updates", ylabel=f"loss (running mean of {win})", yscale="log", title="losses")
     axes[0].legend(fontsize=7)
-    ev = history[[c for c in history.columns if c.startswith("eval_")] + ["iteration"]].dropna(how="all",
-                                                                                                subset=None)
-    ev = ev[ev.drop(columns="iteration").notna().any(axis=1)] if len(ev.columns) > 1 else ev.iloc[:0]
-    for col in ev.columns.drop("iteration"):
+    eval_cols = [c for c in history.columns if c.startswith("eval_")]
+    ev = history[history[eval_cols].notna().any(axis=1)] if eval_cols else history.iloc[:0]
+    for col in eval_cols:
         axes[1].plot(ev["iteration"], ev[col], marker="o", label=col.removeprefix("eval_"))
     axes[1].set(xlabel="gradient updates", ylabel="held-out metric", ylim=(0, 1), title="test fold")
-    if len(ev.columns) > 1:
+    if eval_cols:
         axes[1].legend(fontsize=7)
     for ax in axes:
         if freeze_at:
