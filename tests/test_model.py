@@ -264,6 +264,28 @@ def test_classification_loss_ignores_ambiguous():
     assert box_only.item() > 0
 
 
+def test_classification_loss_class_weights():
+    """Weighted cross-entropy over the non-ambiguous rows, as torch's own weighted mean; None is unweighted."""
+    rh = _model().roi_heads
+    torch.manual_seed(5)
+    labels = torch.tensor([AMB, 3, 0, 0, AMB, 1, 7, 0, 0, 3, 2, 1])
+    logits = torch.randn(12, 9)
+    deltas, reg = torch.randn(12, 8), torch.randn(12, 4)
+    plain, _ = rh._detection_losses(logits, deltas, labels, reg)
+    w = torch.tensor([1.0, 0.5, 2.0, 3.0, 1.0, 1.0, 1.0, 4.0, 1.0])
+    rh.class_weights = w
+    try:
+        weighted, _ = rh._detection_losses(logits, deltas, labels, reg)
+    finally:
+        rh.class_weights = None
+    keep = labels != AMB
+    per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")
+    expected = (per_row * w[labels[keep]]).sum() / w[labels[keep]].sum()
+    torch.testing.assert_close(weighted, expected, atol=1e-6, rtol=0)
+    assert abs(weighted.item() - plain.item()) > 1e-3
+    torch.testing.assert_close(rh._detection_losses(logits, deltas, labels, reg)[0], plain)
+
+
 def test_training_forward_with_only_ambiguous_truth():
     """Every GT is AMBIGUOUS: the classifier learns from background proposals only; regression and masks still
     use the ambiguous nuclei."""

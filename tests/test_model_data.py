@@ -161,6 +161,40 @@ def test_fov_sampling_weights_hand_example():
         md.fov_sampling_weights([f3])
 
 
+def test_classification_loss_weights_hand_example():
+    f1 = _sample("f1", (100, 100), ["tumor_nonMitotic"] * 3 + ["lymphocyte"])
+    f2 = _sample("f2", (50, 100), ["lymphocyte", tx.AMBIGUOUS, tx.AMBIGUOUS])
+    p = np.array([0.5, 0.5])
+    # expected nuclei per px of a crop: tumor 0.5 * 3 / 1e4 = 1.5e-4; lymphocyte 0.5/1e4 + 0.5/5e3 = 1.5e-4
+    # -> shares (0.5, 0.5): equal classes need no reweighting, whatever the power
+    for power in (0.0, 0.5, 1.0):
+        w = md.classification_loss_weights([f1, f2], p, power=power)
+        assert w.shape == (len(md.model_classes("main")) + 1,)
+        np.testing.assert_allclose(w, np.ones_like(w), atol=1e-12)
+    # only f1 drawn: shares tumor 0.75, lymphocyte 0.25. power 1: w = 1 / share scaled so sum(share * w) = 1
+    # -> w_tumor = 1/0.75 / 2, w_lymph = 1/0.25 / 2, i.e. (2/3, 2): each class carries half of the weight
+    w = md.classification_loss_weights([f1, f2], np.array([1.0, 0.0]), power=1.0)
+    tumor, lymph = md.model_classes("main").index("tumor_nonMitotic") + 1, \
+        md.model_classes("main").index("lymphocyte") + 1
+    assert w[tumor] == pytest.approx(2 / 3) and w[lymph] == pytest.approx(2.0)
+    assert 0.75 * w[tumor] + 0.25 * w[lymph] == pytest.approx(1.0)
+    others = [i for i in range(len(w)) if i not in (tumor, lymph)]
+    np.testing.assert_array_equal(w[others], 1.0)  # background, AMBIGUOUS and absent classes
+    # power 0.5: w ~ share ** -0.5 -> ratio sqrt(3), same normalisation
+    w5 = md.classification_loss_weights([f1, f2], np.array([1.0, 0.0]), power=0.5)
+    assert w5[lymph] / w5[tumor] == pytest.approx(np.sqrt(3)) and 0.75 * w5[tumor] + 0.25 * w5[lymph] == pytest.approx(1)
+    # super level: tumor_any / sTIL
+    ws = md.classification_loss_weights([f1, f2], np.array([1.0, 0.0]), level="super")
+    sup = md.model_classes("super")
+    assert ws[sup.index("tumor_any") + 1] == pytest.approx(2 / 3) and ws[sup.index("sTIL") + 1] == pytest.approx(2)
+    with pytest.raises(ValueError, match="shape"):
+        md.classification_loss_weights([f1, f2], np.array([1.0]))
+    with pytest.raises(ValueError, match="power"):
+        md.classification_loss_weights([f1, f2], p, power=-1)
+    with pytest.raises(ValueError, match="non-ambiguous"):
+        md.classification_loss_weights([f2], np.array([1.0]) * 0)
+
+
 def test_fov_sampling_weights_real(real):
     _, samples = real
     w = md.fov_sampling_weights(samples)

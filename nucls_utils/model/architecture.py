@@ -193,6 +193,9 @@ class NucleusRoIHeads(_roi_heads_base()):
         self.class_agnostic = bool(class_agnostic)
         self.global_nms = bool(global_nms)
         self.return_features = False  # set True to return the classifier's input features (DTALE)
+        # per-label weights of the classification loss (None: unweighted, as the paper); a training choice set by
+        # train_model, not part of the architecture or of the saved weights
+        self.class_weights: Tensor | None = None
 
     # -- features -------------------------------------------------------------------------------------------
     def _features(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes):
@@ -212,8 +215,9 @@ class NucleusRoIHeads(_roi_heads_base()):
 
     # -- losses -------------------------------------------------------------------------------------------------
     def _detection_losses(self, logits: Tensor, deltas: Tensor, labels: Tensor, reg_targets: Tensor):
-        cls_loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_label) if (labels != self.ignore_label).any() \
-            else logits.sum() * 0.0
+        weight = None if self.class_weights is None else self.class_weights.to(logits)
+        cls_loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_label) \
+            if (labels != self.ignore_label).any() else logits.sum() * 0.0
         pos = torch.where(labels > 0)[0]
         box = self._deltas_for(deltas[pos], labels[pos])
         box_loss = F.smooth_l1_loss(box, reg_targets[pos], beta=1.0 / 9, reduction="sum") / max(labels.numel(), 1)

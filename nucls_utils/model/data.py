@@ -48,6 +48,7 @@ __all__ = [
     "FovSample",
     "load_fov_samples",
     "fov_sampling_weights",
+    "classification_loss_weights",
     "stain_augment",
     "macenko_normalise",
     "sample_training_crop",
@@ -286,12 +287,7 @@ def fov_sampling_weights(samples: Sequence[FovSample], level: str = "main",
         No FOV has a non-ambiguous nucleus (every weight would be 0).
     """
     classes = model_classes(level)
-    if not samples:
-        raise ValueError("no FOV samples")
-    counts = np.zeros((len(samples), len(classes)), dtype=float)
-    for i, s in enumerate(samples):
-        labels = class_labels(s.classes, classes, fov=s.name)
-        np.add.at(counts[i], labels - 1, 1.0)
+    counts = _class_counts(samples, classes)
     amb = classes.index(tx.AMBIGUOUS)
     totals = counts.sum(axis=0)
     v = np.zeros(len(classes))
@@ -305,6 +301,52 @@ def fov_sampling_weights(samples: Sequence[FovSample], level: str = "main",
     areas = np.array([s.area for s in samples], dtype=float)
     u = counts @ w_class / areas
     return u / u.sum()
+
+
+def _class_counts(samples: Sequence[FovSample], classes: Sequence[str]) -> np.ndarray:
+    """``(n_fovs, n_classes)`` number of nuclei of each class (label - 1) in each FOV."""
+    if not samples:
+        raise ValueError("no FOV samples")
+    counts = np.zeros((len(samples), len(classes)), dtype=float)
+    for i, s in enumerate(samples):
+        labels = class_labels(s.classes, classes, fov=s.name)
+        np.add.at(counts[i], labels - 1, 1.0)
+    return counts
+
+
+def classification_loss_weights(samples: Sequence[FovSample], sampling_weights: np.ndarray,
+                                level: str = "main", power: float = 1.0) -> np.ndarray:
+    """Per-label weights of the ROI classification loss that even out the classes a training stream shows.
+
+    The expected share of class ``c`` among the nuclei of a training crop is ``s_c`` proportional to
+    ``sum_f p_f N_cf / A_f`` (``p_f`` the FOV sampling probability, crops have a fixed size). Each present,
+    non-ambiguous class gets ``w_c = s_c ** -power``, scaled so that ``sum_c s_c w_c = 1``: the average weight of a
+    foreground ROI stays 1 (background keeps weight 1, so objectness is not inflated), only its split between
+    classes changes. ``power=0`` gives all ones (the paper's unweighted loss), ``power=1`` equal total weight per
+    class. AMBIGUOUS (ignored by the loss) and absent classes get weight 1.
+
+    Returns
+    -------
+    (n_classes + 1,) float64 ndarray indexed by label (0 = background).
+    """
+    classes = model_classes(level)
+    p = np.asarray(sampling_weights, dtype=float)
+    if p.shape != (len(samples),):
+        raise ValueError(f"sampling_weights must have shape ({len(samples)},), got {p.shape}")
+    if not np.isfinite(power) or power < 0:
+        raise ValueError(f"power must be a finite number >= 0, not {power}")
+    counts = _class_counts(samples, classes)
+    areas = np.array([s.area for s in samples], dtype=float)
+    share = (p / areas) @ counts
+    share[classes.index(tx.AMBIGUOUS)] = 0.0
+    weights = np.ones(len(classes) + 1)
+    present = share > 0
+    if not present.any():
+        raise ValueError("no non-ambiguous nucleus in the sampled FOVs; class weights are undefined")
+    share = share / share[present].sum()
+    w = share[present] ** -float(power)
+    weights[1:][present] = w / (share[present] * w).sum()
+    return weights
 
 
 # ------------------------------------------------------------------------------------------------------------

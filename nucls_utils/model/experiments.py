@@ -178,7 +178,7 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     ``predictions_test.npz`` (corrected single-rater test FOVs of the fold), ``predictions_<extra>.npz`` for
     each extra test set restricted to the fold's test slides, and ``experiment.json``.
     """
-    from .data import TrainingStream, fov_sampling_weights, model_classes
+    from .data import TrainingStream, classification_loss_weights, fov_sampling_weights, model_classes
     from .train import train_model
 
     out = Path(out_root) / exp.name
@@ -211,8 +211,10 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
         stream = TrainingStream(train, weights, batch_size=tcfg.batch_size, crop=tcfg.crop, classes=classes,
                                 seed=seed, augment=tcfg.augment)
         evaluate = _curve_evaluator(test) if curves and tcfg.eval_every else None
+        cw = classification_loss_weights(train, weights, level=exp.model.level, power=tcfg.class_balance) \
+            if tcfg.class_balance else None
         model, history = train_model(exp.model, tcfg, stream, out, seed=seed, evaluate=evaluate,
-                                     progress=progress, desc=exp.name, device=device)
+                                     progress=progress, desc=exp.name, device=device, class_weights=cw)
         tinfo = json.loads((out / "training.json").read_text())
         predict = model.predict
         info = {"seconds": tinfo["seconds_this_run"], "seconds_per_update": tinfo["seconds_per_update"],

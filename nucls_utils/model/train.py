@@ -48,6 +48,8 @@ class TrainConfig:
     augment: bool = True  # stain augmentation (flip is always on)
     eval_every: int = 0  # 0: no evaluation during training (Fig. S10 curves need it)
     checkpoint_every: int = 100
+    # classification loss weights ~ (class share in the stream) ** -class_balance (0: unweighted, the paper)
+    class_balance: float = 0.0
 
     def with_(self, **changes) -> TrainConfig:
         return replace(self, **changes)
@@ -126,7 +128,8 @@ def _scheduler(opt, cfg: TrainConfig, steps: int):
 
 def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, out_dir: str | Path, *,
                 seed: int = 0, evaluate: Callable[[NucleusMaskRCNN], dict] | None = None, progress: bool = True,
-                desc: str = "training", device: str | None = None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
+                desc: str = "training", device: str | None = None,
+                class_weights=None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
     """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there.
 
     Parameters
@@ -137,6 +140,9 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     evaluate : callable, optional
         ``evaluate(model) -> dict of metrics``, called every ``train_config.eval_every`` updates and at the end
         (the Fig. S10 curves).
+    class_weights : (n_classes + 1,) array, optional
+        Per-label weights of the ROI classification loss (:func:`~.data.classification_loss_weights`); part of the
+        reuse key. ``None``: unweighted.
 
     Returns
     -------
@@ -149,7 +155,9 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    key = config_key(model_config, train_config, seed)
+    cw = None if class_weights is None else [round(float(w), 6) for w in np.asarray(class_weights).ravel()]
+    key = config_key(model_config, train_config, seed) if cw is None else config_key(model_config, train_config,
+                                                                                      seed, cw)
     done = _read_json(out / "training.json")
     if done is not None and done.get("key") == key and (out / "model.pt").is_file():
         return load_trained(out, device=device), pd.read_csv(out / "history.csv")
@@ -157,6 +165,11 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     model = build_model(model_config).to(device)
+    if cw is not None:
+        if len(cw) != len(model_config.classes) + 1:
+            raise ValueError(f"class_weights needs {len(model_config.classes) + 1} values (background + "
+                             f"{len(model_config.classes)} classes), got {len(cw)}")
+        model.roi_heads.class_weights = torch.tensor(cw, dtype=torch.float32, device=device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     cfg = train_config
@@ -241,7 +254,8 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     with atomic_path(out / "history.csv") as tmp:
         frame.to_csv(tmp, index=False)
     info = {"key": key, "model_config": model_config.to_dict(), "train_config": asdict(cfg), "seed": seed,
-            "weights_source": model.weights_source, "device": device, "seconds_this_run": seconds,
+            "weights_source": model.weights_source, "class_weights": cw, "device": device,
+            "seconds_this_run": seconds,
             "iterations_this_run": cfg.iterations - start,
             "seconds_per_update": float(np.median([h["seconds"] for h in history if "seconds" in h]))
             if history else float("nan")}
