@@ -507,6 +507,45 @@ def test_checkpoint_resume_is_exact_and_finished_runs_are_reused(fov_samples, tm
     assert not (run_c / "checkpoint.pt").exists()
 
 
+def test_finetune_sampling_and_class_weights_are_applied_and_keyed(fov_samples, tmp_path, monkeypatch):
+    """After the freeze the ROI sampler takes the schedule's fine-tuning size and positive fraction; class weights
+    reach the loss, are recorded, and a run with other weights is not reused."""
+    samples, weights = fov_samples
+    tc = TRAIN_PROFILES["smoke"].with_(iterations=3, freeze_detection_at=2, finetune_rois_per_image=48,
+                                       finetune_positive_fraction=0.75)
+    seen = []
+
+    class _Spy(_Stream):  # records the model's sampler before each update
+        def __next__(self):
+            seen.append((model_ref[0].roi_heads.fg_bg_sampler.batch_size_per_image,
+                         model_ref[0].roi_heads.fg_bg_sampler.positive_fraction))
+            return super().__next__()
+
+    model_ref = []
+    import nucls_utils.model.train as mt
+    build = mt.build_model
+
+    def capture(cfg):
+        model_ref.append(build(cfg))
+        return model_ref[-1]
+
+    cw = np.linspace(0.5, 2.0, len(SMOKE_CFG.classes) + 1)
+    kw = {"seed": 0, "progress": False, "device": "cpu"}
+    stream = _Spy(md.TrainingStream(samples, weights, batch_size=tc.batch_size, crop=96, seed=0))
+    monkeypatch.setattr(mt, "build_model", capture)
+    model, _ = train_model(SMOKE_CFG, tc, stream, tmp_path, class_weights=cw, **kw)
+    base = (SMOKE_CFG.box_batch_size_per_image, SMOKE_CFG.box_positive_fraction)
+    assert seen == [base, base, (48, 0.75)]
+    np.testing.assert_allclose(model.roi_heads.class_weights.numpy(), cw, rtol=1e-6)
+    info = json.loads((tmp_path / "training.json").read_text())
+    np.testing.assert_allclose(info["class_weights"], cw, rtol=1e-5)
+    # other weights: the finished run is not reused (a stream that may not be drawn from proves it trains)
+    with pytest.raises(_Interrupted):
+        train_model(SMOKE_CFG, tc, _Stream(stream.inner, stop_after=0), tmp_path, class_weights=cw[::-1], **kw)
+    with pytest.raises(ValueError, match="class_weights needs"):
+        train_model(SMOKE_CFG, tc, stream, tmp_path / "bad", class_weights=cw[:3], **kw)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_checkpoint_resume_on_cuda(fov_samples, tmp_path):
     """Resume on a GPU: the checkpoint's RNG states are CPU tensors however the checkpoint is loaded (GPU kernels

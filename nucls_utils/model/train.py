@@ -44,6 +44,10 @@ class TrainConfig:
     warmup: float = 0.15
     freeze_detection_at: int | None = None  # updates after which only classification layers train
     finetune_lr: float | None = None  # learning rate after the freeze (default: ``lr``)
+    # ROI sampling after the freeze (default: the model's): more, and more positive, ROIs per crop give the
+    # classifier more nuclei per update at little cost once detection no longer trains
+    finetune_rois_per_image: int | None = None
+    finetune_positive_fraction: float | None = None
     grad_clip: float | None = None
     augment: bool = True  # stain augmentation (flip is always on)
     eval_every: int = 0  # 0: no evaluation during training (Fig. S10 curves need it)
@@ -91,6 +95,18 @@ def config_key(*parts) -> str:
     blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _finetune_sampling(model: NucleusMaskRCNN, cfg: TrainConfig) -> None:
+    """Switch the ROI sampler to the fine-tuning phase's size and positive fraction (where the schedule sets them)."""
+    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+
+    if cfg.finetune_rois_per_image is None and cfg.finetune_positive_fraction is None:
+        return
+    old = model.roi_heads.fg_bg_sampler
+    model.roi_heads.fg_bg_sampler = BalancedPositiveNegativeSampler(
+        cfg.finetune_rois_per_image or old.batch_size_per_image,
+        cfg.finetune_positive_fraction if cfg.finetune_positive_fraction is not None else old.positive_fraction)
 
 
 def freeze_detection(model: NucleusMaskRCNN) -> list[torch.nn.Parameter]:
@@ -186,6 +202,7 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
             start = int(ckpt["iteration"])
             if start >= freeze_at:
                 params = freeze_detection(model)
+                _finetune_sampling(model, cfg)
                 opt = _optimizer(params, cfg.finetune_lr or cfg.lr, cfg)
                 sched = None
             model.load_state_dict(ckpt["model"])
@@ -219,6 +236,7 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     for it in bar:
         if it == freeze_at:
             params = freeze_detection(model)
+            _finetune_sampling(model, cfg)
             opt = _optimizer(params, cfg.finetune_lr or cfg.lr, cfg)
             sched = None
         t0 = time.perf_counter()
