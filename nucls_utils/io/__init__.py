@@ -38,6 +38,7 @@ from .masks import (
     read_mask_png,
     write_mask_png,
 )
+from .manifest import hash_files, read_manifest_json, sha256_file, verify_manifest, write_manifest
 from .metadata import CORE_METADATA_NAME, find_core_metadata, fov_rectangles, read_core_metadata
 from .multirater import multirater_frame, read_multirater, write_multirater
 from .naming import FovName, format_fov_name, hospital_of, parse_fov_name, slide_of
@@ -49,4 +50,5 @@ __all__ = [
     "hospital_kfold", "hospital_of", "nucleus_pixels", "paper_folds", "parse_fov_name", "rasterize_instances",
     "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",
     "validate_record", "write_dataset", "write_multirater", "read_multirater", "multirater_frame", "write_fov_csv", "write_fov_files", "write_fov_locations", "write_mask_png",
+    "hash_files", "read_manifest_json", "sha256_file", "verify_manifest", "write_manifest",
 ]
