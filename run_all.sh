@@ -25,7 +25,14 @@ Options:
   --seed N          random seed passed to every notebook (default 0).
   --only NN         execute notebook NN only (e.g. --only 01) and nothing else.
   --out DIR         write figures/, tables/, results/ and supplement/ under DIR (default: the repository).
+  --force           execute every notebook even when its inputs and outputs are unchanged since its last run.
   --setup-only      create/refresh the environment and the kernel, then exit.
+
+A notebook whose inputs (the notebook, these options, the package source, the environment, the data and the
+earlier notebooks' outputs) are unchanged since its last successful run into the same --out, and whose outputs are
+all still there unchanged (sha256), is not executed again ("up to date"). Each notebook writes its figures and
+tables into a staging folder that is moved into figures/ and tables/ only when the notebook succeeds; a failed or
+interrupted (Ctrl-C, SIGTERM) notebook leaves none of its figures or tables behind.
   -h, --help        show this help and exit.
 
 Environment variables:
@@ -41,14 +48,24 @@ SEED=0
 ONLY=""
 OUT="$ROOT"
 SETUP_ONLY=0
+FORCE=0
+# the value of option $1, which must be $2 and not empty or another option; else the usage error
+need_value() {
+    if [[ $# -lt 2 || -z "$2" || "$2" == --* ]]; then
+        echo "run_all.sh: $1 needs a value (see --help)" >&2
+        usage >&2
+        exit 2
+    fi
+}
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --data) DATA="${2:?--data needs a path}"; shift 2 ;;
-        --metadata) METADATA="${2:?--metadata needs a path}"; shift 2 ;;
-        --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
-        --seed) SEED="${2:?--seed needs a number}"; shift 2 ;;
-        --only) ONLY="${2:?--only needs a notebook number}"; shift 2 ;;
-        --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
+        --data) need_value "$@"; DATA="$2"; shift 2 ;;
+        --metadata) need_value "$@"; METADATA="$2"; shift 2 ;;
+        --profile) need_value "$@"; PROFILE="$2"; shift 2 ;;
+        --seed) need_value "$@"; SEED="$2"; shift 2 ;;
+        --only) need_value "$@"; ONLY="$2"; shift 2 ;;
+        --out) need_value "$@"; OUT="$2"; shift 2 ;;
+        --force) FORCE=1; shift ;;
         --setup-only) SETUP_ONLY=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run_all.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -67,6 +84,21 @@ fi
 if [[ -n "$METADATA" ]]; then
     [[ -f "$METADATA" ]] || { echo "run_all.sh: --metadata '$METADATA' is not a file" >&2; exit 2; }
     METADATA="$(cd "$(dirname "$METADATA")" && pwd)/$(basename "$METADATA")"
+fi
+# The output folder must be writable before anything is generated: one clear error, not a mkdir trace later.
+if [[ "$SETUP_ONLY" == 0 ]]; then
+    if ! mkdir -p "$OUT" 2>/dev/null || [[ ! -d "$OUT" ]]; then
+        echo "run_all.sh: --out '$OUT' cannot be created (a file is in the way, or a parent folder is not writable)" >&2
+        exit 2
+    fi
+    probe="$(mktemp "$OUT/.nucls-write-probe.XXXXXX" 2>/dev/null)" || {
+        echo "run_all.sh: --out '$OUT' is not writable" >&2; exit 2; }
+    rm -f "$probe"
+    for sub in figures tables results supplement; do
+        if [[ -e "$OUT/$sub" && ! -d "$OUT/$sub" ]]; then
+            echo "run_all.sh: --out '$OUT' holds a file '$sub' where the folder $sub/ must go" >&2; exit 2
+        fi
+    done
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,32 +162,90 @@ fi
 
 mkdir -p "$OUT"/{figures,tables,results,supplement}
 OUT="$(cd "$OUT" && pwd)"
+DATASET_NAME="$("$PY" -c 'import sys; from nucls_utils.config import resolve_data; print(resolve_data(sys.argv[1]).name)' "$DATA")"
+REAL_SAMPLE="$("$PY" -c 'from nucls_utils.config import find_real_sample; print(find_real_sample("auto") or "")')"
+STAGING="$OUT/.staging"
 STARTED="$(mktemp)"
-trap 'rm -f "$STARTED"' EXIT
+PM_PID=""
+cleanup() { rm -f "$STARTED"; rm -rf "$STAGING"; }
+on_signal() {
+    local sig="$1" code="$2"
+    trap - INT TERM
+    echo "" >&2
+    echo "run_all.sh: interrupted by SIG$sig${CURRENT:+ during $CURRENT}; stopping" >&2
+    if [[ -n "$PM_PID" ]]; then
+        kill -TERM "$PM_PID" 2>/dev/null || true
+        wait "$PM_PID" 2>/dev/null || true
+    fi
+    cleanup
+    echo "run_all.sh: the interrupted notebook's figures and tables were discarded; finished notebooks are kept," \
+        "and a re-run resumes (training from its last checkpoint)" >&2
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
 touch "$STARTED"
 echo "[run] profile=$PROFILE seed=$SEED data=$DATA out=$OUT"
 
 declare -a TIMES=()
+CURRENT=""
 for nb in "${NOTEBOOKS[@]}"; do
-    out_nb="$OUT/supplement/$nb"
-    echo "[run] $nb"
+    stem="${nb%.ipynb}"
+    key="$("$PY" -m nucls_utils.stages key "$ROOT/notebooks/$nb" --data "$DATA" --profile "$PROFILE" --seed "$SEED" \
+        --metadata "${METADATA:-auto}" --out "$OUT" --real-sample "$REAL_SAMPLE")"
+    if [[ "$FORCE" == 0 ]] && why="$("$PY" -m nucls_utils.stages check "$nb" --key "$key" --out "$OUT")"; then
+        echo "[run] $nb: up to date (inputs and outputs unchanged since its last run), not executed again"
+        TIMES+=("$nb reused")
+        continue
+    fi
+    [[ "$FORCE" == 1 ]] && why="--force"
+    echo "[run] $nb (${why})"
+    CURRENT="$nb"
+    stage="$STAGING/$stem"
+    rm -rf "$stage"
+    mkdir -p "$stage"/{figures,tables}
     t0=$(date +%s)
     set +e
-    "$PY" -m papermill "$ROOT/notebooks/$nb" "$out_nb" \
+    "$PY" -m papermill "$ROOT/notebooks/$nb" "$stage/$nb" \
         --kernel "$KERNEL" --cwd "$ROOT/notebooks" --progress-bar \
         -p data_dir "$DATA" -p profile "$PROFILE" -p seed "$SEED" \
-        -p results_dir "$OUT/results" -p figures_dir "$OUT/figures" -p tables_dir "$OUT/tables" \
-        -p core_metadata "${METADATA:-auto}" 2> "$OUT/supplement/${nb%.ipynb}.log"
+        -p results_dir "$OUT/results" -p figures_dir "$stage/figures" -p tables_dir "$stage/tables" \
+        -p core_metadata "${METADATA:-auto}" 2> "$stage/$stem.log" &
+    PM_PID=$!
+    wait "$PM_PID"
     rc=$?
+    PM_PID=""
     set -e
     t1=$(date +%s)
     if [[ $rc -ne 0 ]]; then
+        failed="$OUT/supplement/failed"
+        mkdir -p "$failed"
+        mv -f "$stage/$nb" "$stage/$stem.log" "$failed/" 2>/dev/null || true
+        rm -rf "$stage"
         echo "" >&2
-        echo "run_all.sh: notebook $nb FAILED after $((t1 - t0)) s" >&2
-        "$PY" -m nucls_utils.nbtools describe-failure "$out_nb" "$OUT/supplement/${nb%.ipynb}.log" >&2 || true
+        echo "run_all.sh: notebook $nb FAILED after $((t1 - t0)) s; none of its figures or tables were kept" >&2
+        "$PY" -m nucls_utils.nbtools describe-failure "$failed/$nb" "$failed/$stem.log" >&2 || true
         exit 1
     fi
-    "$PY" -m jupyter nbconvert --to html --log-level WARN "$out_nb" --output-dir "$OUT/supplement" >/dev/null
+    "$PY" -m jupyter nbconvert --to html --log-level WARN "$stage/$nb" --output-dir "$stage" >/dev/null
+    # success: move the staged outputs into place, then record what this notebook wrote
+    rm -f "$OUT/supplement/failed/$nb" "$OUT/supplement/failed/$stem.log"
+    written=()
+    for kind in figures tables; do
+        while IFS= read -r -d '' f; do
+            mv -f "$f" "$OUT/$kind/"
+            written+=("$OUT/$kind/$(basename "$f")")
+        done < <(find "$stage/$kind" -maxdepth 1 -type f -print0)
+    done
+    for f in "$nb" "$stem.html" "$stem.log"; do
+        mv -f "$stage/$f" "$OUT/supplement/$f"
+        written+=("$OUT/supplement/$f")
+    done
+    rm -rf "$stage"
+    "$PY" -m nucls_utils.stages record "$nb" --key "$key" --out "$OUT" \
+        --results-dir "$OUT/results/$DATASET_NAME/$stem" --files "${written[@]}"
+    CURRENT=""
     TIMES+=("$nb $((t1 - t0))")
 done
 

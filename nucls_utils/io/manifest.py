@@ -53,14 +53,18 @@ def hash_files(root: str | os.PathLike[str], *, exclude: Iterable[str] = ("manif
 
 
 def write_manifest(root: str | os.PathLike[str], meta: Mapping, *, name: str = "manifest.json",
-                   exclude: Iterable[str] = ()) -> dict:
-    """Write ``root/name``: ``meta`` plus ``"files"`` (the sha256 of every other file below ``root``), atomically.
+                   exclude: Iterable[str] = (), files: Iterable[str] | None = None) -> dict:
+    """Write ``root/name``: ``meta`` plus ``"files"`` (the sha256 of every other file below ``root``, or of just
+    ``files``, relative paths, when given), atomically.
 
     Call it last, once every file of the artefact is in place. Returns the manifest written.
     """
     root = Path(root)
     manifest = dict(meta)
-    manifest["files"] = hash_files(root, exclude=(name, *exclude))
+    if files is None:
+        manifest["files"] = hash_files(root, exclude=(name, *exclude))
+    else:
+        manifest["files"] = {rel: sha256_file(root / rel) for rel in sorted(set(files))}
     with atomic_path(root / name) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     return manifest

@@ -40,9 +40,13 @@ from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
 from ..io.atomic import atomic_path
+from ..io.manifest import verify_manifest, write_manifest
 from .architecture import json_fields
-from .data import model_classes, stain_augment
+from .data import model_classes, samples_fingerprint, stain_augment
 from .detections import Detections
+
+#: sha256 of the classifier's files, checked before they are reused
+MANIFEST_NAME = "classifier_manifest.json"
 
 __all__ = ["ClassifierConfig", "CLASSIFIER_PROFILES", "classifier_config", "CLASSIFIER_CLASSES",
            "thumbnail_squares", "extract_thumbnails", "ThumbnailClassifier", "build_classifier",
@@ -252,16 +256,6 @@ def _training_nuclei(samples: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndar
             np.asarray(labels, dtype=np.int64))
 
 
-def _data_fingerprint(samples: Sequence) -> str:
-    h = hashlib.sha256()
-    for s in samples:
-        h.update(str(s.name).encode())
-        h.update(np.asarray(s.rgb.shape, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(np.asarray(s.boxes, dtype=np.int64)).tobytes())
-        h.update("|".join(str(c) for c in s.classes).encode())
-    return h.hexdigest()[:16]
-
-
 def _key(cfg: ClassifierConfig, seed: int, fingerprint: str) -> str:
     blob = json.dumps([cfg.to_dict(), seed, fingerprint], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -328,8 +322,8 @@ def train_thumbnail_classifier(samples: Sequence, out_dir: str | Path, *, profil
         ``n_train`` (non-ambiguous training nuclei), ``class_counts``, ``key``, ``reused`` (bool).
 
     Files in ``out_dir``: ``classifier.pt`` (config and weights) and ``classifier.json`` (config, key, seed,
-    timing, class counts). They are reused when the key (config, seed and a fingerprint of the training FOVs'
-    names, sizes, boxes and classes) matches.
+    timing, class counts) and ``classifier_manifest.json`` (their sha256). They are reused when the key (config,
+    seed and :func:`~.data.samples_fingerprint` of the training FOVs) matches and both files are unchanged.
 
     Raises
     ------
@@ -344,9 +338,10 @@ def train_thumbnail_classifier(samples: Sequence, out_dir: str | Path, *, profil
     if not len(labels):
         raise ValueError("no non-ambiguous nucleus in the training FOVs; cannot train a thumbnail classifier")
     counts = np.bincount(labels, minlength=len(CLASSIFIER_CLASSES))
-    key = _key(cfg, seed, _data_fingerprint(samples))
+    key = _key(cfg, seed, samples_fingerprint(samples))
     done = _read_json(out / "classifier.json")
-    if done is not None and done.get("key") == key and (out / "classifier.pt").is_file():
+    problem = verify_manifest(out, name=MANIFEST_NAME, expect={"key": key}, allow_extra=True)
+    if done is not None and done.get("key") == key and problem is None:
         model = load_classifier(out, device=device)
         return model, {"seconds": done["seconds"], "seconds_per_update": done["seconds_per_update"],
                        "n_train": done["n_train"], "class_counts": done["class_counts"], "key": key,
@@ -399,6 +394,7 @@ def train_thumbnail_classifier(samples: Sequence, out_dir: str | Path, *, profil
             "final_loss": float(np.mean(losses[-10:])) if losses else float("nan")}
     with atomic_path(out / "classifier.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2))
+    write_manifest(out, {"key": key}, name=MANIFEST_NAME, files=["classifier.pt", "classifier.json"])
     return model, {**{k: info[k] for k in ("seconds", "seconds_per_update", "n_train", "class_counts", "key")},
                    "reused": False}
 

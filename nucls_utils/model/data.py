@@ -26,6 +26,7 @@ from its seed and resumable from :meth:`TrainingStream.state_dict`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ..io.folds import MIN_SIDE_PX
 from ..io.masks import polygon_pixels
 
 __all__ = [
+    "samples_fingerprint",
     "MIN_SIDE_PX",
     "CROP_SIZE",
     "STAIN_SIGMA",
@@ -167,6 +169,25 @@ class FovSample:
     def __len__(self) -> int:
         return int(len(self.boxes))
 
+
+
+def samples_fingerprint(samples: Sequence[FovSample]) -> str:
+    """A short sha256 over everything a model learns from: each sample's name, image bytes, boxes, classes,
+    ``ismask`` flags and masks, in order. Trained models and classifiers are reused only for the same fingerprint,
+    so changed training data (e.g. a re-simulated single-rater dataset) retrains exactly the models it feeds."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(str(s.name).encode() + b"\0")
+        rgb = np.ascontiguousarray(s.rgb)
+        h.update(np.asarray(rgb.shape, dtype=np.int64).tobytes())
+        h.update(rgb.tobytes())
+        h.update(np.ascontiguousarray(np.asarray(s.boxes, dtype=np.int64)).tobytes())
+        h.update("|".join(str(c) for c in s.classes).encode() + b"\0")
+        h.update(np.asarray(s.ismask, dtype=bool).tobytes())
+        for m in s.masks:
+            m = np.ascontiguousarray(m, dtype=bool)
+            h.update(np.asarray(m.shape, dtype=np.int64).tobytes() + np.packbits(m).tobytes())
+    return h.hexdigest()[:16]
 
 def _nucleus_mask(nucleus, box: tuple[int, int, int, int], offset: tuple[int, int]) -> np.ndarray:
     """Box-local bool mask of a nucleus; ``box`` is in crop coordinates, ``offset`` the crop origin."""

@@ -28,6 +28,8 @@ from .train import TrainConfig, profile_configs
 __all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment",
            "fold_split", "FOLD_TEST_TABLE_NOTE"]
 
+#: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
+EXPERIMENT_MANIFEST = "experiment_manifest.json"
 FOLD_TEST_TABLE_NOTE = "fold 1 is the validation fold (used for tuning); means are over folds 2-5"
 
 
@@ -173,13 +175,25 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
                    curves: bool = False, device: str | None = None) -> dict:
     """Train (or reuse) the model of ``exp`` and store its predictions on the fold's test sets.
 
-    Returns a summary dict (name, training seconds, seconds per update, weights source, test FOV counts).
+    Returns a summary dict (name, training seconds, seconds per update, weights source, test FOV counts, and
+    ``reused``: whether the stored predictions were reused as they are).
     Outputs in ``out_root/<exp.name>/``: the training files of :func:`~.train.train_model`,
     ``predictions_test.npz`` (corrected single-rater test FOVs of the fold), ``predictions_<extra>.npz`` for
-    each extra test set restricted to the fold's test slides, and ``experiment.json``.
+    each extra test set restricted to the fold's test slides, ``experiment.json`` and ``experiment_manifest.json``
+    (a key over the experiment, schedule, seed, the training and test data and the detector it reuses, plus the
+    sha256 of the prediction files). When that key is unchanged and every file still matches its hash, the
+    experiment is not run again; otherwise the model is trained (or reused when its own key still matches, see
+    :func:`~.train.train_model`) and the predictions are recomputed.
     """
-    from .data import TrainingStream, classification_loss_weights, fov_sampling_weights, model_classes
-    from .train import train_model
+    from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
+    from .data import (
+        TrainingStream,
+        classification_loss_weights,
+        fov_sampling_weights,
+        model_classes,
+        samples_fingerprint,
+    )
+    from .train import MODEL_MANIFEST, config_key, train_model
 
     out = Path(out_root) / exp.name
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +208,23 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     train = [train_pool[i] for i in tr_idx]
     test = [test_pool[i] for i in te_idx]
     classes = model_classes(exp.model.level)
+    test_sets = {"test": test}
+    test_slides = {s.slide for s in test}
+    for name, pool in data.extra_tests.items():
+        test_sets[name] = [s for s in pool if s.slide in test_slides]
+    train_fp = samples_fingerprint(train)
+    detector = None
+    if exp.detector_from is not None:
+        detector = read_manifest_json(Path(out_root) / exp.detector_from / MODEL_MANIFEST)
+    exp_key = config_key(exp.to_dict(), tcfg, seed, {"train": train_fp, "curves": bool(curves),
+                         "tests": {k: samples_fingerprint(v) for k, v in sorted(test_sets.items())},
+                         "detector": detector})
+    problem = verify_manifest(out, name=EXPERIMENT_MANIFEST, expect={"key": exp_key}, allow_extra=True)
+    if problem is None:
+        summary = json.loads((out / "experiment.json").read_text())
+        return {**summary, "reused": True}
+    if (out / EXPERIMENT_MANIFEST).exists():
+        print(f"{exp.name}: stored predictions cannot be reused ({problem}): running it again")
 
     if exp.detector_from is not None:  # config 4: reuse a detector, train a thumbnail classifier
         from .classifier import classify_detections, train_thumbnail_classifier
@@ -214,16 +245,13 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
         cw = classification_loss_weights(train, weights, level=exp.model.level, power=tcfg.class_balance) \
             if tcfg.class_balance else None
         model, history = train_model(exp.model, tcfg, stream, out, seed=seed, evaluate=evaluate,
-                                     progress=progress, desc=exp.name, device=device, class_weights=cw)
+                                     progress=progress, desc=exp.name, device=device, class_weights=cw,
+                                     data_fingerprint=train_fp)
         tinfo = json.loads((out / "training.json").read_text())
         predict = model.predict
         info = {"seconds": tinfo["seconds_this_run"], "seconds_per_update": tinfo["seconds_per_update"],
                 "weights_source": tinfo["weights_source"]}
 
-    test_sets = {"test": test}
-    test_slides = {s.slide for s in test}
-    for name, pool in data.extra_tests.items():
-        test_sets[name] = [s for s in pool if s.slide in test_slides]
     counts = {}
     for name, samples in test_sets.items():
         dets = [predict(s.rgb) for s in samples]
@@ -234,7 +262,9 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
                "experiment": exp.to_dict()}
     with atomic_path(out / "experiment.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    write_manifest(out, {"key": exp_key}, name=EXPERIMENT_MANIFEST,
+                   files=["experiment.json", *(f"predictions_{n}.npz" for n in test_sets)])
+    return {**summary, "reused": False}
 
 
 def _curve_evaluator(test: list):

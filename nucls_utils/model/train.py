@@ -24,10 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_path
+from ..io.manifest import verify_manifest, write_manifest
 from .architecture import ModelConfig, NucleusMaskRCNN, build_model
 
 __all__ = ["TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
-           "train_model", "load_trained", "config_key"]
+           "train_model", "load_trained", "model_problem", "config_key", "MODEL_MANIFEST", "MODEL_FILES"]
+
+#: The files of a finished model and the manifest that records their sha256 and the reuse key.
+MODEL_FILES = ("model.pt", "history.csv", "training.json")
+MODEL_MANIFEST = "model_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ def _scheduler(opt, cfg: TrainConfig, steps: int):
 def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, out_dir: str | Path, *,
                 seed: int = 0, evaluate: Callable[[NucleusMaskRCNN], dict] | None = None, progress: bool = True,
                 desc: str = "training", device: str | None = None,
-                class_weights=None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
+                class_weights=None, data_fingerprint: str | None = None,
+                say: Callable[[str], None] | None = print) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
     """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there.
 
     Parameters
@@ -161,6 +167,11 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     class_weights : (n_classes + 1,) array, optional
         Per-label weights of the ROI classification loss (:func:`~.data.classification_loss_weights`); part of the
         reuse key. ``None``: unweighted.
+    data_fingerprint : str, optional
+        :func:`~.data.samples_fingerprint` of the training FOVs; part of the reuse key, so a model is retrained
+        when its training data change (and only then).
+    say : callable, optional
+        Receives a one-line reason when a finished model in ``out_dir`` cannot be reused.
 
     Returns
     -------
@@ -169,16 +180,23 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
         rows with ``eval_*`` columns where an evaluation ran.
 
     Files in ``out_dir``: ``checkpoint.pt`` (latest state, for resume), ``model.pt`` (final weights) and
-    ``training.json`` (configs, key, weights source, timing) when done, ``history.csv``.
+    ``training.json`` (configs, key, weights source, timing) when done, ``history.csv``, and
+    ``model_manifest.json`` (the key and the sha256 of those three files, checked before they are reused).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cw = None if class_weights is None else [round(float(w), 6) for w in np.asarray(class_weights).ravel()]
-    key = config_key(model_config, train_config, seed) if cw is None else config_key(model_config, train_config,
-                                                                                      seed, cw)
-    done = _read_json(out / "training.json")
-    if done is not None and done.get("key") == key and (out / "model.pt").is_file():
+    parts = [model_config, train_config, seed]
+    if cw is not None:
+        parts.append(cw)
+    if data_fingerprint is not None:
+        parts.append({"training_data": data_fingerprint})
+    key = config_key(*parts)
+    problem = model_problem(out, key)
+    if problem is None:
         return load_trained(out, device=device), pd.read_csv(out / "history.csv")
+    if say is not None and (out / MODEL_MANIFEST).exists():
+        say(f"{desc}: the trained model in {out.name}/ cannot be reused ({problem}): training again")
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
@@ -281,8 +299,14 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
             if history else float("nan")}
     with atomic_path(out / "training.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2))
+    write_manifest(out, {"key": key}, name=MODEL_MANIFEST, files=MODEL_FILES)
     ckpt_path.unlink(missing_ok=True)
     return model, frame
+
+
+def model_problem(out_dir: str | Path, key: str) -> str | None:
+    """Why the finished model in ``out_dir`` cannot be reused for ``key`` (``None``: it can)."""
+    return verify_manifest(out_dir, name=MODEL_MANIFEST, expect={"key": key}, allow_extra=True)
 
 
 def load_trained(out_dir: str | Path, device: str | None = None) -> NucleusMaskRCNN:

@@ -11,6 +11,7 @@ from .cohort import (
     PROFILE_SPECS,
     CohortSpec,
     cohort_is_current,
+    cohort_problem,
     ensure_cohort,
     fov_region_map,
     generate_cohort,
@@ -18,5 +19,5 @@ from .cohort import (
 )
 from .layout import REGION_CODES, REGION_COLORS, REGION_NAMES
 
-__all__ = ["GENERATOR_VERSION", "PROFILE_SPECS", "CohortSpec", "cohort_is_current", "ensure_cohort",
+__all__ = ["GENERATOR_VERSION", "PROFILE_SPECS", "CohortSpec", "cohort_is_current", "cohort_problem", "ensure_cohort",
            "fov_region_map", "generate_cohort", "read_manifest", "REGION_CODES", "REGION_COLORS", "REGION_NAMES"]

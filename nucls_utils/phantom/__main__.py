@@ -17,11 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="regenerate even if an up-to-date cohort is there")
     args = ap.parse_args(argv)
     t = time.perf_counter()
-    if args.force:
-        generate_cohort(args.out, args.profile, args.seed, overwrite=True)
-        made = True
-    else:
-        _, made = ensure_cohort(args.out, args.profile, args.seed)
+    try:
+        if args.force:
+            generate_cohort(args.out, args.profile, args.seed, overwrite=True)
+            made = True
+        else:
+            _, made = ensure_cohort(args.out, args.profile, args.seed)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (Terminated): the temporary folder is already removed
+        print(f"synthetic cohort: interrupted ({e or 'Ctrl-C'}); nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"synthetic cohort: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     what = "generated" if made else "up to date, reused"
     print(f"synthetic cohort ({args.profile}, seed {args.seed}) {what}: {args.out} [{time.perf_counter() - t:.1f} s]")
     return 0

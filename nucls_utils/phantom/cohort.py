@@ -7,7 +7,8 @@ same (generator version, profile, seed) gives byte-identical files. Output folde
     regions/<roi>.png, regions/region_codes.csv   tissue-region maps of the ROIs (codes in layout.REGION_CODES)
     truth/nuclei.csv   per nucleus: FOV, index in the CSV, class, region, centre, radius (ground truth extras)
     truth/fovs.csv     per FOV: hospital, slide, ROI and position in it, ROI archetype, focus, stain style
-    manifest.json      generator version, seed, profile, spec and counts (no timestamps: reproducible bytes)
+    manifest.json      generator version, seed, profile, spec, counts and the sha256 of every other file (no
+                       timestamps: reproducible bytes); a cohort is reused only when every hash still matches
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
-from ..io.atomic import atomic_dir
+from ..io.atomic import atomic_dir, terminate_raises
 from ..io.dataset import FovRecord, Nucleus, validate_record, write_fov_files, write_fov_locations
+from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
 from ..io.naming import FovName, format_fov_name
 from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS
 from .layout import REGION_CODES, REGION_NAMES, make_roi
 from .render import draw_stain_style, perturb_stain_style, render_crop
 
 __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort", "ensure_cohort",
-           "cohort_is_current", "read_manifest", "fov_region_map"]
+           "cohort_is_current", "cohort_problem", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
 GENERATOR_VERSION = "1.0.0"
@@ -117,7 +119,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
     fov_rows, nuc_rows, records = [], [], []
     n_slides = sum(spec.hospital_slides)
     bar = tqdm(total=n_slides * spec.rois_per_slide, desc=f"synthetic cohort ({profile})", disable=not progress)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with terminate_raises(), atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for sub in ("rgb", "csv", "mask", "regions", "truth"):
             (tmp / sub).mkdir()
         for h_idx, (h_ss, n_sl) in enumerate(zip(root_ss.spawn(len(spec.hospital_slides)), spec.hospital_slides,
@@ -169,7 +171,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
                        "nuclei_by_raw_class": {k: int(v) for k, v in counts.items()},
                        "out_of_focus_fovs": int(fovs["out_of_focus"].sum())},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return Path(out_dir)
 
 
@@ -208,25 +210,33 @@ def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Genera
 
 def read_manifest(root: str | os.PathLike[str]) -> dict | None:
     """The cohort's manifest, or ``None`` when there is none (or it is unreadable)."""
-    path = Path(root) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_manifest_json(Path(root) / "manifest.json")
+
+
+def cohort_problem(root: str | os.PathLike[str], profile: str, seed: int) -> str | None:
+    """Why ``root`` is not a complete, unmodified cohort of this generator version, profile and seed (``None``
+    when it is): a missing or foreign manifest, another version/profile/seed, or any file missing, added or changed
+    since it was written (sha256 per file, see :mod:`nucls_utils.io.manifest`)."""
+    return verify_manifest(root, expect={"generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION,
+                                         "profile": profile, "seed": int(seed)})
 
 
 def cohort_is_current(root: str | os.PathLike[str], profile: str, seed: int) -> bool:
-    """Whether ``root`` holds a complete cohort of this generator version, profile and seed."""
-    m = read_manifest(root)
-    return (m is not None and m.get("generator_version") == GENERATOR_VERSION and m.get("profile") == profile
-            and m.get("seed") == int(seed) and (Path(root) / "csv").is_dir())
+    """Whether ``root`` holds a complete, unmodified cohort of this generator version, profile and seed."""
+    return cohort_problem(root, profile, seed) is None
 
 
 def ensure_cohort(root: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
-                  progress: bool = True) -> tuple[Path, bool]:
-    """Generate the cohort into ``root`` unless an up-to-date one is there; return ``(root, generated)``."""
-    if cohort_is_current(root, profile, seed):
+                  progress: bool = True, say=print) -> tuple[Path, bool]:
+    """Generate the cohort into ``root`` unless an up-to-date one is there; return ``(root, generated)``.
+
+    When a cohort is there but cannot be reused, ``say`` is called with the reason before it is regenerated.
+    """
+    problem = cohort_problem(root, profile, seed)
+    if problem is None:
         return Path(root), False
+    if Path(root).exists() and say is not None:
+        say(f"synthetic cohort at {root} cannot be reused ({problem}): regenerating it")
     generate_cohort(root, profile, seed, overwrite=True, progress=progress)
     return Path(root), True
 
