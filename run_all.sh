@@ -6,6 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${NUCLS_VENV:-$ROOT/.venv}"
 KERNEL="nucls-study"
+NB_DIR="${NUCLS_NOTEBOOK_DIR:-$ROOT/notebooks}"
 
 usage() {
     cat <<'USAGE'
@@ -38,6 +39,7 @@ interrupted (Ctrl-C, SIGTERM) notebook leaves none of its figures or tables behi
 Environment variables:
   NUCLS_VENV        where the virtual environment lives (default: ./.venv).
   PYTHON            the Python 3.11 interpreter used to create it (default: python3.11, else python3).
+  NUCLS_NOTEBOOK_DIR  run the NN_*.ipynb of another folder (default: ./notebooks; used by the tests).
 USAGE
 }
 
@@ -148,10 +150,10 @@ PY="$VENV/bin/python"
 # ---------------------------------------------------------------------------------------------------------------
 # Notebooks
 # ---------------------------------------------------------------------------------------------------------------
-mapfile -t NOTEBOOKS < <(cd "$ROOT/notebooks" && ls [0-9][0-9]_*.ipynb 2>/dev/null | sort)
+mapfile -t NOTEBOOKS < <(cd "$NB_DIR" && ls [0-9][0-9]_*.ipynb 2>/dev/null | sort)
 if [[ -n "$ONLY" ]]; then
     mapfile -t NOTEBOOKS < <(printf '%s\n' "${NOTEBOOKS[@]}" | grep "^${ONLY}_" || true)
-    [[ ${#NOTEBOOKS[@]} -gt 0 ]] || { echo "run_all.sh: no notebook notebooks/${ONLY}_*.ipynb" >&2; exit 2; }
+    [[ ${#NOTEBOOKS[@]} -gt 0 ]] || { echo "run_all.sh: no notebook $NB_DIR/${ONLY}_*.ipynb" >&2; exit 2; }
 fi
 
 if [[ -z "$DATA" ]]; then
@@ -192,7 +194,7 @@ declare -a TIMES=()
 CURRENT=""
 for nb in "${NOTEBOOKS[@]}"; do
     stem="${nb%.ipynb}"
-    key="$("$PY" -m nucls_utils.stages key "$ROOT/notebooks/$nb" --data "$DATA" --profile "$PROFILE" --seed "$SEED" \
+    key="$("$PY" -m nucls_utils.stages key "$NB_DIR/$nb" --data "$DATA" --profile "$PROFILE" --seed "$SEED" \
         --metadata "${METADATA:-auto}" --out "$OUT" --real-sample "$REAL_SAMPLE")"
     if [[ "$FORCE" == 0 ]] && why="$("$PY" -m nucls_utils.stages check "$nb" --key "$key" --out "$OUT")"; then
         echo "[run] $nb: up to date (inputs and outputs unchanged since its last run), not executed again"
@@ -207,8 +209,8 @@ for nb in "${NOTEBOOKS[@]}"; do
     mkdir -p "$stage"/{figures,tables}
     t0=$(date +%s)
     set +e
-    "$PY" -m papermill "$ROOT/notebooks/$nb" "$stage/$nb" \
-        --kernel "$KERNEL" --cwd "$ROOT/notebooks" --progress-bar \
+    "$PY" -m papermill "$NB_DIR/$nb" "$stage/$nb" \
+        --kernel "$KERNEL" --cwd "$NB_DIR" --progress-bar \
         -p data_dir "$DATA" -p profile "$PROFILE" -p seed "$SEED" \
         -p results_dir "$OUT/results" -p figures_dir "$stage/figures" -p tables_dir "$stage/tables" \
         -p core_metadata "${METADATA:-auto}" 2> "$stage/$stem.log" &

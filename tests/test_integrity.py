@@ -323,3 +323,81 @@ def test_model_is_retrained_when_its_training_data_change(tmp_path, smoke_cohort
     capsys.readouterr()
     train(changed, True)  # a corrupted model file is never loaded: retrained, and the reason is printed
     assert "model.pt" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a failing or interrupted notebook leaves none of its figures or tables
+# ---------------------------------------------------------------------------------------------------------------
+def _notebook(cells: list[str]) -> dict:
+    params = ('data_dir = ""\nprofile = "smoke"\nseed = 0\nresults_dir = ""\nfigures_dir = ""\ntables_dir = ""\n'
+              'core_metadata = "auto"\n')
+    code = [{"cell_type": "code", "execution_count": None, "metadata": {"tags": ["parameters"]}, "outputs": [],
+             "source": params}]
+    code += [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c}
+             for c in cells]
+    return {"cells": code, "metadata": {"kernelspec": {"name": "nucls-study", "display_name": "Python (NuCLS study)",
+                                                       "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+_WRITE_TABLE = ("import pandas as pd\nfrom nucls_utils import tables\n"
+                "tables.save_table(pd.DataFrame({'a': [1]}), 'partial_table', tables_dir)\n"
+                "tables.save_results(pd.DataFrame({'a': [1]}), 'partial_result', results_dir)\n")
+
+
+def _venv_ready() -> None:
+    if not (REPO / ".venv" / "bin" / "python").exists() and not os.environ.get("NUCLS_VENV"):
+        pytest.skip("the project environment (.venv) is not set up; run ./run_tests.sh")
+
+
+@pytest.mark.slow
+def test_failed_notebook_leaves_no_figures_or_tables(tmp_path, smoke_cohort):
+    _venv_ready()
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    (nb_dir / "01_ok.ipynb").write_text(json.dumps(_notebook([_WRITE_TABLE.replace("partial", "good")])))
+    (nb_dir / "02_fails.ipynb").write_text(json.dumps(_notebook([_WRITE_TABLE, "raise RuntimeError('boom')"])))
+    out = tmp_path / "out"
+    env = {**os.environ, "NUCLS_NOTEBOOK_DIR": str(nb_dir)}
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(smoke_cohort), "--profile", "smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "notebook 02_fails.ipynb FAILED" in proc.stderr and "boom" in proc.stderr
+    assert sorted(p.name for p in (out / "tables").iterdir()) == ["good_table.csv", "good_table.md"]
+    assert not list((out / "figures").iterdir())
+    assert (out / "supplement" / "failed" / "02_fails.ipynb").exists()
+    assert not (out / ".staging").exists()
+    # the finished notebook is reused on the next run; the failed one runs again
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--data", str(smoke_cohort), "--profile", "smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert "01_ok.ipynb: up to date" in proc.stdout and "[run] 02_fails.ipynb (not run before" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_run_all_during_a_notebook(tmp_path, smoke_cohort, sig):
+    _venv_ready()
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    marker = tmp_path / "started"
+    slow = f"import os, pathlib, time\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(120)\n"
+    (nb_dir / "01_slow.ipynb").write_text(json.dumps(_notebook([_WRITE_TABLE, slow])))
+    out = tmp_path / "out"
+    env = {**os.environ, "NUCLS_NOTEBOOK_DIR": str(nb_dir)}
+    proc = subprocess.Popen([str(REPO / "run_all.sh"), "--data", str(smoke_cohort), "--profile", "smoke",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not (marker.exists() and marker.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err[-2000:]
+    assert "interrupted by SIG" in err
+    assert not list((out / "tables").iterdir()) and not (out / ".staging").exists()
+    assert not list((out / "supplement").iterdir())
+    kernel = int(marker.read_text())
+    deadline = time.monotonic() + 10  # the kernel notices within a second or so that papermill is gone
+    while atomic._alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not atomic._alive(kernel), "the notebook's kernel outlived run_all.sh"

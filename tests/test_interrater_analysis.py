@@ -261,7 +261,7 @@ def test_redundancy_pipeline(inferred):
     med = summary[summary["metric"] == "auroc_micro"].set_index("k")["median"]
     assert med[8] >= med[2] - 0.05
     findings = an.redundancy_findings(summary)
-    table = an.redundancy_paper_vs_run(findings, target_nps=target, n_realisations=3, wall_s=1.0, info=info)
+    table = an.redundancy_paper_vs_run(findings, target_nps=target, n_realisations=3, info=info)
     assert table["quantity"].str.contains("stromal").any()
     g_labels, _, g_truth, g_info = an.redundancy_inputs(tt, "E", "super", 16, "generator")
     assert g_info["truth_source"] == "generator" and not (g_truth == tx.AMBIGUOUS).any()

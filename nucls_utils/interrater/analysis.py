@@ -1405,10 +1405,11 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
     return paper_vs_run(rows)
 
 
-def redundancy_paper_vs_run(findings: pd.DataFrame, *, target_nps: int, n_realisations: int, wall_s: float,
+def redundancy_paper_vs_run(findings: pd.DataFrame, *, target_nps: int, n_realisations: int,
                             info: Mapping) -> pd.DataFrame:
     """The "paper vs this run" table of notebook 04 (Fig 3e): where accuracy plateaus, whether stromal nuclei
-    need more NPs, and the simulation's size."""
+    need more NPs, and the simulation's size. (No wall time: a table is a function of the inputs and the seed,
+    byte-identical between runs; the notebook prints the timing.)"""
     f = findings.set_index("metric")
 
     def k(m: str) -> float:
@@ -1430,6 +1431,5 @@ def redundancy_paper_vs_run(findings: pd.DataFrame, *, target_nps: int, n_realis
             ("total NPs held constant at", 18, target_nps,
              f"most common number of distinct NPs over realisations ({info.get('n_nps')} NPs in "
              f"{info.get('n_fovs')} FOVs with >= {info.get('min_nps_used')} NPs)"),
-            ("realisations per NPs-per-FOV value", 1000, n_realisations, ""),
-            ("wall time of the simulation, s", None, wall_s, "batched EM")]
+            ("realisations per NPs-per-FOV value", 1000, n_realisations, "")]
     return paper_vs_run(rows)
