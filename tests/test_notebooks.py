@@ -156,7 +156,8 @@ def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
 
 @pytest.mark.slow
 def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
-    """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-07 read."""
+    """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-07 read; a re-run
+    reuses every notebook; a second run from scratch with the same seed writes byte-identical tables."""
     out = tmp_path / "out"
     proc = _run_all("--profile", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -185,6 +186,26 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
         assert (out / "tables" / f"{name}.csv").exists(), name
     for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay"):
         assert (out / "figures" / f"{name}.png").exists(), name
+
+    # a re-run with nothing changed executes nothing and rewrites nothing
+    tables_before = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "tables").iterdir()}
+    t0 = time.monotonic()
+    again = _run_all("--profile", "smoke", "--out", str(out))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count(": up to date") == len(NOTEBOOKS), again.stdout[-3000:]
+    assert time.monotonic() - t0 < 120
+    assert {p: p.stat().st_mtime_ns for p in (out / "tables").iterdir()} == mtimes
+
+    # the same seed in a fresh output folder, another process hash seed: byte-identical tables
+    out2 = tmp_path / "out2"
+    proc2 = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--out", str(out2)], capture_output=True,
+                           text=True, timeout=1500, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
+    tables_after = {p.name: p.read_bytes() for p in (out2 / "tables").iterdir()}
+    assert tables_after.keys() == tables_before.keys()
+    differ = sorted(k for k in tables_before if tables_before[k] != tables_after[k])
+    assert not differ, differ
 
 
 def _executed_stdout(nb_path: Path) -> str:
