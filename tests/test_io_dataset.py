@@ -199,3 +199,122 @@ def test_write_refuses_to_clobber_and_leaves_nothing_on_failure(sample_dir, tmp_
     monkeypatch.undo()
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone.png", "out"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Holes found by the bad-input review (issue 13): one test per hole.
+# --------------------------------------------------------------------------------------------------------------
+def test_truncated_png_is_an_error_naming_it(small_dataset, tmp_path):
+    csv = _first_csv(small_dataset)
+    png = small_dataset / "rgb" / f"{csv.stem}.png"
+    records = nio.read_dataset(small_dataset)  # read while the image is intact
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 3])  # the header survives, the pixel data does not
+    _assert_fails_cleanly(small_dataset, small_dataset.parent, rf"{png.name}: not a readable image")
+    # an image that goes bad after the dataset was read: read_rgb names the file, not just "truncated"
+    with pytest.raises(nio.NuclsFormatError, match=rf"{png.name}: not a readable image"):
+        records[0].read_rgb()
+
+
+def test_duplicated_row_is_an_error_naming_both_rows(small_dataset):
+    csv = _first_csv(small_dataset)
+    lines = csv.read_text().splitlines()
+    lines.append("99" + lines[3][lines[3].index(","):])  # data row 2 again, with a fresh index
+    csv.write_text("\n".join(lines) + "\n")
+    row = len(lines) - 2
+    _assert_fails_cleanly(small_dataset, small_dataset.parent,
+                          rf"{csv.name}, row {row}: duplicates row 2 \(the same nucleus")
+
+
+def test_utf8_bom_before_a_named_first_column_loads_as_without(sample_dir, tmp_path):
+    src = sorted((sample_dir / "csv").glob("*.csv"))[0]
+    df = pd.read_csv(src, index_col=0, dtype=str, keep_default_na=False)
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    df.to_csv(plain, index=False)  # first column: raw_classification
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert nio.read_fov_csv(bom) == nio.read_fov_csv(plain) == nio.read_fov_csv(src)
+
+
+def test_latin1_byte_names_the_row(small_dataset):
+    csv = _first_csv(small_dataset)
+    lines = csv.read_bytes().split(b"\n")
+    i = lines[4].index(b",") + 2
+    lines[4] = lines[4][:i] + b"\xf6" + lines[4][i:]  # a Latin-1 o-umlaut inside the raw class of data row 3
+    csv.write_bytes(b"\n".join(lines))
+    offset = csv.read_bytes().index(b"\xf6")
+    _assert_fails_cleanly(small_dataset, small_dataset.parent,
+                          rf"{csv.name}, row 3, field 'raw_classification': not UTF-8 text: byte 0xf6 at byte "
+                          rf"offset {offset}")
+
+
+def test_fov_rectangle_outside_the_image_is_an_error(small_dataset):
+    records = nio.read_dataset(small_dataset)
+    names = [r.name for r in records]
+    h, w = records[1].image_shape
+    locations = small_dataset / "ALL_FOV_LOCATIONS.csv"
+    pd.DataFrame([(names[0], 5, 5, 100, 100), (names[1], 5, 5, w + 40, 100)],
+                 columns=["fovname", "xmin", "ymin", "xmax", "ymax"]).to_csv(locations, index=False)
+    _assert_fails_cleanly(small_dataset, small_dataset.parent,
+                          rf"ALL_FOV_LOCATIONS.csv, row 1, field 'xmax': FOV rectangle \(5, 5, {w + 40}, 100\) "
+                          rf"of {names[1]} lies outside the {w} x {h} px image")
+    locations.unlink()
+    # rectangles given by the caller (e.g. from the core-set metadata) are checked the same way
+    with pytest.raises(nio.NuclsFormatError, match=r"fov_rects, field 'ymin': FOV rectangle \(5, -30, 50, 60\)"):
+        nio.read_dataset(small_dataset, fov_rects={names[2]: (5, -30, 50, 60)})
+    with pytest.raises(nio.NuclsFormatError, match=r"field 'xmax': FOV rectangle \(50, 5, 50, 60\) .* is empty"):
+        nio.read_dataset(small_dataset, fov_rects={names[2]: (50, 5, 50, 60)})
+
+
+def test_fov_locations_reject_inverted_rectangles_and_duplicate_names(tmp_path):
+    path = tmp_path / "ALL_FOV_LOCATIONS.csv"
+    path.write_text("fovname,xmin,ymin,xmax,ymax\na,1,2,30,40\nb,1,50,30,40\n")
+    with pytest.raises(nio.NuclsFormatError, match=r"ALL_FOV_LOCATIONS.csv, row 1, field 'ymax': ymax=40 is not "
+                                                   r"larger than ymin=50"):
+        nio.read_fov_locations(path)
+    path.write_text("fovname,xmin,ymin,xmax,ymax\na,1,2,30,40\nb,1,2,30,40\na,1,2,31,40\n")
+    with pytest.raises(nio.NuclsFormatError, match=r"ALL_FOV_LOCATIONS.csv, row 2, field 'fovname': FOV 'a' "
+                                                   r"is listed twice \(also row 0\)"):
+        nio.read_fov_locations(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Multi-rater folders (the reader lives in nucls_utils.io.multirater)
+# --------------------------------------------------------------------------------------------------------------
+def _tiny_multirater(small_dataset: Path, root: Path) -> list:
+    records = nio.read_dataset(small_dataset)[:2]
+    ann = {("E", "NP.1", r.name): r.nuclei[:3] for r in records}
+    ann[("E", "NP.2", records[0].name)] = records[0].nuclei[3:5]
+    nio.write_multirater(ann, root, {records[0].name: records[0].rgb_path})  # only FOV 0 has its image
+    return records
+
+
+def test_multirater_box_outside_a_present_image_is_an_error(small_dataset, tmp_path):
+    records = _tiny_multirater(small_dataset, tmp_path / "mr")
+    h, w = records[0].image_shape
+    far = nio.Nucleus.from_box("tumor", w + 50, 10, w + 80, 40)
+    csv = tmp_path / "mr" / "E" / "raw" / "csv" / f"NP.1_#_E_#_{records[0].name}.csv"
+    nio.write_fov_csv([far], csv)
+    with pytest.raises(nio.NuclsFormatError, match=rf"{csv.name}, row 0, field 'xmin': box .* lies outside the "
+                                                   rf"{w} x {h} px image"):
+        nio.read_multirater(tmp_path / "mr")
+    # without its image, a FOV's boxes cannot be checked against it (and are not)
+    other = tmp_path / "mr" / "E" / "raw" / "csv" / f"NP.1_#_E_#_{records[1].name}.csv"
+    nio.write_fov_csv([far], other)
+    csv.unlink()
+    assert nio.read_multirater(tmp_path / "mr")[("E", "NP.1", records[1].name)] == (far,)
+
+
+@pytest.mark.parametrize("prefix, message", [
+    ("_#_E_#_", "empty participant"),
+    ("NP.1_#_E_#_extra_#_", "expected '<participant>_#_<set>_#_<fovname>'"),
+    ("NP.1_#_E_#_slide7_", "not a NuCLS FOV name"),
+])
+def test_multirater_bad_file_names_are_errors_naming_the_path(small_dataset, tmp_path, prefix, message):
+    records = _tiny_multirater(small_dataset, tmp_path / "mr")
+    folder = tmp_path / "mr" / "E" / "raw" / "csv"
+    bad = folder / f"{prefix}{records[1].name}.csv"
+    bad = bad.with_name(bad.name.replace("_id-", "-", 1)) if "slide7" in prefix else bad
+    (folder / f"NP.1_#_E_#_{records[1].name}.csv").rename(bad)
+    with pytest.raises(nio.NuclsFormatError, match=message) as e:
+        nio.read_multirater(tmp_path / "mr")
+    assert e.value.path == str(bad)  # the full path, folder included

@@ -75,3 +75,16 @@ def test_find_core_metadata(tmp_path, metadata_path):
     assert nio.find_core_metadata("auto", tmp_path / "ds") == (tmp_path / nio.CORE_METADATA_NAME).resolve()
     with pytest.raises(nio.NuclsFormatError, match="core-set metadata sqlite not found"):
         nio.find_core_metadata(str(tmp_path / "missing.sqlite"), None)
+
+
+def test_metadata_rectangles_pass_on_the_sample_and_bad_ones_name_the_sqlite(metadata_path, sample_dir):
+    fovs, _ = nio.read_core_metadata(metadata_path)
+    rects = nio.fov_rectangles(fovs)
+    records = nio.read_dataset(sample_dir, fov_rects=rects)
+    assert all(r.fov_rect == rects[r.name] for r in records)
+    name = records[0].name
+    bad = fovs.copy()
+    bad.loc[bad["fovname"] == name, "fov_xmax"] = 5000
+    with pytest.raises(nio.NuclsFormatError, match=rf"{metadata_path.name}:fov_meta, field 'xmax': FOV rectangle "
+                                                   rf"\(\d+, \d+, 5000, \d+\) of {name} lies outside"):
+        nio.read_dataset(sample_dir, fov_rects=nio.fov_rectangles(bad))

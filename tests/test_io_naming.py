@@ -43,3 +43,20 @@ def test_hospital_of():
     assert nio.hospital_of("TCGA-OL-A5RU-DX1") == "OL"
     with pytest.raises(ValueError, match="cannot read a hospital"):
         nio.hospital_of("slide7")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (f"_#_E_#_{NAME}", "empty participant"),
+    (f"NP.1_#__#_{NAME}", "empty evaluation set"),
+    (f" _#_E_#_{NAME}", "empty participant"),
+    (f"NP.1_#_ _#_{NAME}", "empty evaluation set"),
+    (f"NP.1_#_E_#_extra_#_{NAME}", "expected '<participant>_#_<set>_#_<fovname>'"),
+    (f"NP.1_#_{NAME}", "expected '<participant>_#_<set>_#_<fovname>'"),
+    (NAME.replace("-DX1", "-DX#1"), "'#'"),
+    (NAME + "\n", "not a NuCLS FOV name"),
+    (NAME.replace("left-11841", "left-011841"), "not a NuCLS FOV name"),
+])
+def test_bad_multirater_prefixes_and_slides(bad, message):
+    with pytest.raises(nio.NuclsFormatError, match=message) as e:
+        nio.parse_fov_name(bad)
+    assert e.value.path == bad

@@ -30,6 +30,7 @@ from .folds import (
     hospital_kfold,
     paper_folds,
 )
+from .manifest import hash_files, read_manifest_json, sha256_file, verify_manifest, write_manifest
 from .masks import (
     decode_mask,
     encode_mask,
@@ -38,7 +39,6 @@ from .masks import (
     read_mask_png,
     write_mask_png,
 )
-from .manifest import hash_files, read_manifest_json, sha256_file, verify_manifest, write_manifest
 from .metadata import CORE_METADATA_NAME, find_core_metadata, fov_rectangles, read_core_metadata
 from .multirater import multirater_frame, read_multirater, write_multirater
 from .naming import FovName, format_fov_name, hospital_of, parse_fov_name, slide_of

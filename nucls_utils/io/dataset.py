@@ -11,10 +11,21 @@ CSV columns: an unnamed index, ``raw_classification``, ``main_classification``, 
 ``type`` (``rectangle`` = a box drawn by a participant, ``polyline`` = an approved boundary, ``point``),
 ``xmin, ymin, xmax, ymax`` and ``coords_x, coords_y`` (comma-separated boundary vertices; a box's corners).
 
+Text rules (the same for every CSV this module reads): UTF-8, with or without a leading byte-order mark; CSV as
+written by Python's ``csv`` module, read strictly (an unterminated quote or text after a closing quote is an
+error); records end at ``\r\n``, ``\n`` or ``\r``; the header is the first non-blank record; blank records are
+skipped but still counted in the 0-based data row numbers of error messages; surrounding whitespace of a field is
+ignored; integers are ASCII decimals, optionally signed, optionally with a zero fraction (``12.0``, as pandas writes
+integer columns); columns are found by name (each named once), so their order does not matter, and an unnamed or
+unknown column (the release's index) is ignored. An exact duplicate nucleus (the same raw class, type, box and
+boundary as an earlier row of the same file) is an error: the real sample has none, so a duplicate is a
+copy-and-paste accident that would inflate the counts.
+
 Coordinates are pixel-corner coordinates in the RGB frame: pixel ``(row, col)`` covers ``[col, col + 1) x
 [row, row + 1)``, so a box may end at ``x = width``. The real release has boxes that end one pixel past the
 image edge (4 of the 17 sample FOVs), so a box may lie up to ``tolerance_px`` (1 by default) outside the image;
-anything further is an error.
+anything further is an error. The same holds for intended FOV rectangles (``ALL_FOV_LOCATIONS.csv`` or the
+core-set metadata), which must also be non-empty.
 """
 
 from __future__ import annotations
@@ -22,7 +33,9 @@ from __future__ import annotations
 import csv
 import io as _io
 import os
+import re
 import shutil
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +65,7 @@ __all__ = [
     "write_fov_files",
     "write_fov_locations",
     "validate_record",
+    "FovRectangles",
 ]
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -60,6 +74,11 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 ANNOTATION_TYPES: tuple[str, ...] = ("rectangle", "polyline", "point")
 _INT_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+_INT_RE = re.compile(r"[+-]?[0-9]+(?:\.0*)?\Z")
+_BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\udc80-\udcff]")  # an undecodable byte, as decoded with errors="surrogateescape"
+# What PIL raises for a truncated or corrupt image (FileNotFoundError, an OSError, is handled before these).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -150,11 +169,24 @@ class FovRecord:
         return hospital_of(self.fov.slide)
 
     def read_rgb(self) -> np.ndarray:
-        """The RGB image, ``(H, W, 3) uint8``."""
+        """The RGB image, ``(H, W, 3) uint8``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the record has no RGB file attached, or the file has gone.
+        NuclsFormatError
+            Naming the file, if it cannot be decoded (e.g. truncated after the dataset was read).
+        """
         if self.rgb_path is None:
             raise FileNotFoundError(f"FOV {self.name} has no RGB file attached")
-        with Image.open(self.rgb_path) as im:
-            return np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(self.rgb_path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise
+        except _IMAGE_ERRORS as e:
+            raise NuclsFormatError(f"not a readable image ({e})", path=self.rgb_path) from None
 
     def read_mask(self) -> tuple[np.ndarray, np.ndarray]:
         """The official mask of this FOV, decoded: ``(codes, instances)``, both ``(H, W) int32``.
@@ -175,29 +207,161 @@ class FovRecord:
         return decode_mask(mask)
 
 
+class FovRectangles(dict):
+    """FOV name -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)`` (RGB pixels), remembering its origin.
+
+    A plain ``dict`` for every other purpose; :func:`read_dataset` names ``source`` (and, per FOV, ``rows``) in the
+    error when a rectangle does not fit its image.
+
+    Parameters
+    ----------
+    items : mapping or iterable of pairs, optional
+    source : str, optional
+        Where the rectangles were read (``ALL_FOV_LOCATIONS.csv``, ``<sqlite>:fov_meta``).
+    rows : mapping fovname -> int, optional
+        The 0-based data row of each FOV in ``source``, where it has rows.
+    """
+
+    def __init__(self, items: Mapping[str, tuple[int, int, int, int]] | Iterable = (), *,
+                 source: str | os.PathLike[str] | None = None, rows: Mapping[str, int] | None = None) -> None:
+        super().__init__(items)
+        self.source = None if source is None else str(source)
+        self.rows: dict[str, int] = dict(rows or {})
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Parsing helpers
 # ------------------------------------------------------------------------------------------------------------
-def _parse_int(value: str, *, path: Path, row: int, fld: str) -> int:
+def _parse_int(value: str, *, path: Path | str, row: int, fld: str) -> int:
+    """An ASCII decimal integer (optionally signed, optionally with a zero fraction such as ``12.0``)."""
     text = value.strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        f = float(text)
-    except ValueError:
-        raise NuclsFormatError(f"{value!r} is not an integer", path=path, row=row, field=fld) from None
-    if not np.isfinite(f) or not f.is_integer():
+    if _INT_RE.match(text) is None:
         raise NuclsFormatError(f"{value!r} is not an integer", path=path, row=row, field=fld)
-    return int(f)
+    return int(text.split(".", 1)[0])
 
 
 def _parse_coords(value: str, *, path: Path, row: int, fld: str) -> tuple[int, ...]:
-    parts = [p for p in value.replace(" ", "").split(",")]
-    if not value.strip() or any(p == "" for p in parts):
+    parts = value.split(",")
+    if any(not p.strip() for p in parts):
         raise NuclsFormatError(f"{value!r} is not a comma-separated list of integers", path=path, row=row, field=fld)
     return tuple(_parse_int(p, path=path, row=row, fld=fld) for p in parts)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Decode and split one CSV (see the module docstring for the rules).
+
+    Returns
+    -------
+    header : list of str
+    rows : list of (0-based data row, fields)
+        Every non-blank record after the header.
+
+    Raises
+    ------
+    NuclsFormatError
+        A missing or unreadable file, bytes that are not UTF-8 (naming the row, field and byte offset of the first
+        one), malformed CSV (naming the row) or no header.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NuclsFormatError("file not found", path=path) from None
+    except OSError as e:
+        raise NuclsFormatError(f"cannot read the file ({e.strerror or e})", path=path) from None
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    bad: tuple[int, int, str] | None = None  # (byte offset, byte, reason) of the first undecodable byte
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = data[skip:].decode("utf-8", "surrogateescape")
+        bad = (skip + e.start, data[skip + e.start], e.reason)
+    records: list[list[str]] = []
+    problem: csv.Error | None = None
+    try:
+        records.extend(csv.reader(_io.StringIO(text, newline=""), strict=True))
+    except csv.Error as e:
+        problem = e
+    # the header is the first non-blank record; data row 0 is the record after it
+    h = next((k for k, values in enumerate(records) if values), None)
+    if bad is not None:
+        raise _undecodable(path, records, h, *bad)
+    if problem is not None:
+        # the record after the last good one failed
+        raise NuclsFormatError(f"malformed CSV ({problem})", path=path,
+                               row=None if h is None else len(records) - h - 1)
+    if h is None:
+        raise NuclsFormatError("empty file: no header row", path=path)
+    return records[h], [(k - h - 1, v) for k, v in enumerate(records) if k > h and v]
+
+
+def _undecodable(path: Path, records: list[list[str]], h: int | None, offset: int, byte: int, reason: str
+                 ) -> NuclsFormatError:
+    """The error for a file that is not UTF-8, naming the record (and field) that holds the first bad byte;
+    ``h`` is the header's record index."""
+    message = f"not UTF-8 text: byte 0x{byte:02x} at byte offset {offset} ({reason})"
+    header = records[h] if h is not None else []
+    for k, values in enumerate(records):
+        for i, value in enumerate(values):
+            if _SURROGATE.search(value):
+                if k == h:
+                    return NuclsFormatError(message + " in the header", path=path)
+                assert h is not None  # a record that holds a byte is not blank, so there is a header
+                fld = header[i] if i < len(header) and header[i] else None
+                return NuclsFormatError(message, path=path, row=k - h - 1, field=fld)
+    return NuclsFormatError(message, path=path)
+
+
+def _column_index(header: Sequence[str], columns: Sequence[str], path: Path) -> dict[str, int]:
+    """Position of each required column; each must be present, and named once."""
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise NuclsFormatError(f"missing column(s) {', '.join(missing)}; header is {list(header)}", path=path,
+                               field=missing[0])
+    twice = [c for c in columns if header.count(c) > 1]
+    if twice:
+        raise NuclsFormatError(f"column {twice[0]!r} is named {header.count(twice[0])} times in the header",
+                               path=path, field=twice[0])
+    return {c: header.index(c) for c in columns}
+
+
+def _nucleus_key(n: Nucleus) -> tuple:
+    """What makes two rows the same nucleus: raw class, type, box and boundary (main/super follow the raw class)."""
+    return (n.raw_classification, n.type, n.box, n.coords_x, n.coords_y)
+
+
+def _duplicate_error(n: Nucleus, first: int, *, path: Path | str, row: int) -> NuclsFormatError:
+    return NuclsFormatError(
+        f"duplicates row {first} (the same nucleus: raw class {n.raw_classification!r}, type {n.type!r}, box "
+        f"{n.box} and the same boundary); an exact duplicate would be counted twice", path=path, row=row)
+
+
+def _rect_ints(rect: object) -> tuple[int, int, int, int] | None:
+    """A rectangle's four integer corners, or None when it is not four integer values."""
+    try:
+        vals = tuple(int(v) for v in rect)  # type: ignore[attr-defined]
+        if len(vals) != 4 or any(isinstance(v, bool) or float(v) != i for v, i in zip(rect, vals, strict=True)):
+            return None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return vals  # type: ignore[return-value]
+
+
+def _check_fov_rect(rect: tuple[int, int, int, int], image_shape: tuple[int, int] | None, tolerance_px: int, *,
+                    name: str, path: str | os.PathLike[str], row: int | None) -> None:
+    """A FOV rectangle must be non-empty and (with ``image_shape``) lie inside the image within ``tolerance_px``."""
+    x0, y0, x1, y1 = rect
+    for fld, lo, hi, lo_name in (("xmax", x0, x1, "xmin"), ("ymax", y0, y1, "ymin")):
+        if hi <= lo:
+            raise NuclsFormatError(f"FOV rectangle {rect} of {name} is empty or inverted ({fld}={hi} is not larger "
+                                   f"than {lo_name}={lo})", path=path, row=row, field=fld)
+    if image_shape is None:
+        return
+    h, w = image_shape
+    t = tolerance_px
+    for fld, val, size in (("xmin", x0, w), ("ymin", y0, h), ("xmax", x1, w), ("ymax", y1, h)):
+        if not -t <= val <= size + t:
+            raise NuclsFormatError(f"FOV rectangle {rect} of {name} lies outside the {w} x {h} px image "
+                                   f"({fld}={val})", path=path, row=row, field=fld)
 
 
 def _check_nucleus(n: Nucleus, *, path: Path, row: int, image_shape: tuple[int, int] | None,
@@ -267,48 +431,33 @@ def read_fov_csv(path: str | os.PathLike[str], *, image_shape: tuple[int, int] |
     Raises
     ------
     NuclsFormatError
-        Naming the file, the 0-based data row and the field of the first problem.
+        Naming the file, the 0-based data row and the field of the first problem: bytes that are not UTF-8 (with
+        the byte offset), malformed CSV, a missing or twice-named column, a ragged row, a bad value, an unknown or
+        inconsistent class, a box that does not match its boundary or lies outside the image, or an exact duplicate
+        of an earlier row (naming that row too). See the module docstring for the text rules.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NuclsFormatError("file not found", path=path) from None
-    except UnicodeDecodeError as e:
-        raise NuclsFormatError(f"not UTF-8 text ({e.reason})", path=path) from None
-    reader = csv.reader(_io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise NuclsFormatError("empty file: no header row", path=path) from None
-    except csv.Error as e:
-        raise NuclsFormatError(f"malformed CSV ({e})", path=path) from None
-    missing = [c for c in CSV_COLUMNS if c not in header]
-    if missing:
-        raise NuclsFormatError(f"missing column(s) {', '.join(missing)}; header is {header}", path=path,
-                               field=missing[0])
-    idx = {c: header.index(c) for c in CSV_COLUMNS}
+    header, rows = _read_csv(path)
+    idx = _column_index(header, CSV_COLUMNS, path)
     nuclei = []
-    row = -1
-    try:
-        for row, values in enumerate(reader):
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise NuclsFormatError(f"has {len(values)} fields but the header has {len(header)}",
-                                       path=path, row=row)
-            get = {c: values[i] for c, i in idx.items()}
-            box = [_parse_int(get[c], path=path, row=row, fld=c) for c in _INT_FIELDS]
-            n = Nucleus(
-                get["raw_classification"].strip(), get["main_classification"].strip(),
-                get["super_classification"].strip(), get["type"].strip(), *box,
-                _parse_coords(get["coords_x"], path=path, row=row, fld="coords_x"),
-                _parse_coords(get["coords_y"], path=path, row=row, fld="coords_y"),
-            )
-            _check_nucleus(n, path=path, row=row, image_shape=image_shape, tolerance_px=tolerance_px)
-            nuclei.append(n)
-    except csv.Error as e:
-        raise NuclsFormatError(f"malformed CSV ({e})", path=path, row=row + 1) from None
+    seen: dict[tuple, int] = {}
+    for row, values in rows:
+        if len(values) != len(header):
+            raise NuclsFormatError(f"has {len(values)} fields but the header has {len(header)}", path=path, row=row)
+        get = {c: values[i] for c, i in idx.items()}
+        box = [_parse_int(get[c], path=path, row=row, fld=c) for c in _INT_FIELDS]
+        n = Nucleus(
+            get["raw_classification"].strip(), get["main_classification"].strip(),
+            get["super_classification"].strip(), get["type"].strip(), *box,
+            _parse_coords(get["coords_x"], path=path, row=row, fld="coords_x"),
+            _parse_coords(get["coords_y"], path=path, row=row, fld="coords_y"),
+        )
+        _check_nucleus(n, path=path, row=row, image_shape=image_shape, tolerance_px=tolerance_px)
+        key = _nucleus_key(n)
+        if key in seen:
+            raise _duplicate_error(n, seen[key], path=path, row=row)
+        seen[key] = row
+        nuclei.append(n)
     return tuple(nuclei)
 
 
@@ -333,35 +482,64 @@ def write_fov_csv(nuclei: Iterable[Nucleus], path: str | os.PathLike[str]) -> No
 # A dataset folder
 # ------------------------------------------------------------------------------------------------------------
 def _image_shape(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an RGB image, decoding it fully once so that a truncated or corrupt file fails here.
+
+    Raises
+    ------
+    NuclsFormatError
+        Naming the image: missing, not decodable (e.g. truncated: PIL reads only the header on open) or not RGB.
+    """
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if im.mode not in ("RGB", "RGBA", "P", "L"):
-                raise NuclsFormatError(f"unexpected image mode {im.mode!r}; expected RGB", path=path)
+            mode = im.mode
+            im.load()
     except FileNotFoundError:
         raise NuclsFormatError("image not found", path=path) from None
-    except (OSError, SyntaxError) as e:
+    except _IMAGE_ERRORS as e:
         raise NuclsFormatError(f"not a readable image ({e})", path=path) from None
+    if mode not in ("RGB", "RGBA", "P", "L"):
+        raise NuclsFormatError(f"unexpected image mode {mode!r}; expected RGB", path=path)
     return (h, w)
 
 
-def read_fov_locations(path: str | os.PathLike[str]) -> dict[str, tuple[int, int, int, int]]:
-    """Read ``ALL_FOV_LOCATIONS.csv``: fovname -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)``."""
+def read_fov_locations(path: str | os.PathLike[str]) -> FovRectangles:
+    """Read ``ALL_FOV_LOCATIONS.csv``: fovname -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)``.
+
+    Columns ``fovname, xmin, ymin, xmax, ymax`` (found by name; the text rules of the module docstring apply).
+
+    Returns
+    -------
+    FovRectangles
+        With ``source`` = ``path`` and the data row of each FOV, for the errors of :func:`read_dataset`.
+
+    Raises
+    ------
+    NuclsFormatError
+        Naming the file, row and field: a bad integer, an empty FOV name, an empty or inverted rectangle
+        (``xmax <= xmin`` or ``ymax <= ymin``), or a FOV listed twice (naming the earlier row).
+    """
     path = Path(path)
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise NuclsFormatError(f"malformed CSV ({e})", path=path) from None
-    need = ["fovname", "xmin", "ymin", "xmax", "ymax"]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise NuclsFormatError(f"missing column(s) {', '.join(missing)}", path=path, field=missing[0])
-    out = {}
-    for row, rec in enumerate(df[need].itertuples(index=False)):
-        vals = []
-        for fld, v in zip(need[1:], rec[1:], strict=True):
-            vals.append(_parse_int(str(v), path=path, row=row, fld=fld))
-        out[str(rec[0])] = tuple(vals)
+    header, rows = _read_csv(path)
+    need = ("fovname", "xmin", "ymin", "xmax", "ymax")
+    idx = _column_index(header, need, path)
+    out = FovRectangles(source=path)
+    for row, values in rows:
+        if len(values) != len(header):
+            raise NuclsFormatError(f"has {len(values)} fields but the header has {len(header)}", path=path, row=row)
+        name = values[idx["fovname"]].strip()
+        if not name:
+            raise NuclsFormatError("empty FOV name", path=path, row=row, field="fovname")
+        x0, y0, x1, y1 = (_parse_int(values[idx[c]], path=path, row=row, fld=c) for c in need[1:])
+        for fld, lo, hi, lo_name in (("xmax", x0, x1, "xmin"), ("ymax", y0, y1, "ymin")):
+            if hi <= lo:
+                raise NuclsFormatError(f"{fld}={hi} is not larger than {lo_name}={lo}: an empty or inverted "
+                                       "rectangle", path=path, row=row, field=fld)
+        if name in out:
+            raise NuclsFormatError(f"FOV {name!r} is listed twice (also row {out.rows[name]})", path=path, row=row,
+                                   field="fovname")
+        out[name] = (x0, y0, x1, y1)
+        out.rows[name] = row
     return out
 
 
@@ -377,13 +555,18 @@ def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
     tolerance_px : int
         See :func:`read_fov_csv`.
     fov_rects : mapping, optional
-        Intended FOV rectangles by FOV name (e.g. from the core-set metadata). When absent, they come from
-        ``<root>/ALL_FOV_LOCATIONS.csv`` if that file exists, else stay ``None``.
+        Intended FOV rectangles by FOV name (e.g. :func:`nucls_utils.io.metadata.fov_rectangles` of the core-set
+        metadata). When absent, they come from ``<root>/ALL_FOV_LOCATIONS.csv`` if that file exists, else stay
+        ``None``. Each rectangle of a FOV of the dataset must be non-empty and lie inside its image (within
+        ``tolerance_px``); rectangles of FOVs the dataset does not hold are ignored.
 
     Raises
     ------
     NuclsFormatError
-        Wrong folder layout, a CSV without its image (or the reverse), a bad FOV name, or any bad CSV row.
+        Wrong folder layout, a CSV without its image (or the reverse), a bad FOV name, an image that cannot be
+        decoded (every image is decoded once, fully), any bad CSV row, or a FOV rectangle that is empty or outside
+        its image (naming ``ALL_FOV_LOCATIONS.csv`` and its row, or the ``source`` of a :class:`FovRectangles`,
+        else ``fov_rects``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -413,17 +596,24 @@ def read_dataset(root: str | os.PathLike[str], *, tolerance_px: int = 1,
                 raise NuclsFormatError(f"missing mask: mask/ exists but has no {name}.png", path=csvs[name])
     if fov_rects is None and (root / "ALL_FOV_LOCATIONS.csv").exists():
         fov_rects = read_fov_locations(root / "ALL_FOV_LOCATIONS.csv")
+    source = (getattr(fov_rects, "source", None) or "fov_rects") if fov_rects is not None else None
+    rect_rows: Mapping[str, int] = getattr(fov_rects, "rows", {})
     records = []
     for name in sorted(csvs):
         try:
             parse_fov_name(name)
         except NuclsFormatError as e:
-            raise NuclsFormatError(str(e).split(": ", 1)[-1], path=csvs[name]) from None
+            raise NuclsFormatError(e.message, path=csvs[name]) from None
         shape = _image_shape(pngs[name])
         nuclei = read_fov_csv(csvs[name], image_shape=shape, tolerance_px=tolerance_px)
         rect = None if fov_rects is None else fov_rects.get(name)
-        records.append(FovRecord(name, shape, nuclei, None if rect is None else tuple(map(int, rect)),
-                                 rgb_path=pngs[name], mask_path=masks.get(name)))
+        if rect is not None:
+            given, rect = rect, _rect_ints(rect)
+            if rect is None:
+                raise NuclsFormatError(f"FOV rectangle {given!r} of {name} is not four integers "
+                                       "(xmin, ymin, xmax, ymax)", path=source, row=rect_rows.get(name))
+            _check_fov_rect(rect, shape, tolerance_px, name=name, path=source, row=rect_rows.get(name))
+        records.append(FovRecord(name, shape, nuclei, rect, rgb_path=pngs[name], mask_path=masks.get(name)))
     return records
 
 
@@ -500,11 +690,26 @@ def write_fov_locations(root: Path, records: Iterable[FovRecord]) -> None:
 
 
 def validate_record(record: FovRecord, *, tolerance_px: int = 1) -> None:
-    """Check a record's name and every nucleus (classes, box inside the image); raise NuclsFormatError."""
+    """Check what :func:`read_dataset` would check of a record before it is written; raise NuclsFormatError.
+
+    Its name, every nucleus (classes, box inside the image), no exact duplicate nucleus, and its FOV rectangle
+    (non-empty, inside the image).
+    """
     parse_fov_name(record.name)
+    seen: dict[tuple, int] = {}
+    path = f"csv/{record.name}.csv"
     for i, n in enumerate(record.nuclei):
-        _check_nucleus(n, path=f"csv/{record.name}.csv", row=i, image_shape=record.image_shape,
-                       tolerance_px=tolerance_px)
+        _check_nucleus(n, path=path, row=i, image_shape=record.image_shape, tolerance_px=tolerance_px)
+        key = _nucleus_key(n)
+        if key in seen:
+            raise _duplicate_error(n, seen[key], path=path, row=i)
+        seen[key] = i
+    if record.fov_rect is not None:
+        rect = _rect_ints(record.fov_rect)
+        if rect is None:
+            raise NuclsFormatError(f"FOV rectangle {record.fov_rect!r} of {record.name} is not four integers",
+                                   path="fov_rect")
+        _check_fov_rect(rect, record.image_shape, tolerance_px, name=record.name, path="fov_rect", row=None)
 
 
 # ------------------------------------------------------------------------------------------------------------

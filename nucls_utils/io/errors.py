@@ -18,6 +18,7 @@ class NuclsFormatError(ValueError):
         self, message: str, *, path: str | PathLike[str] | None = None, row: int | None = None,
         field: str | None = None,
     ) -> None:
+        self.message = message  # without the location prefix, for re-raising with another location
         self.path = None if path is None else str(path)
         self.row = row
         self.field = field

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import taxonomy as tx
+from .dataset import FovRectangles
 from .errors import NuclsFormatError
 from .naming import hospital_of
 
@@ -117,7 +118,9 @@ def read_core_metadata(path: str | os.PathLike[str], *, drop_duplicate_fovs: boo
     fov["n_nuclei"] = fov["fov_id"].map(counts).fillna(0).astype(np.int64)
     fov = fov[["fov_id", "fovname", "slide_name", "hospital", "fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax",
                "n_nuclei", "is_duplicate_name"]]
-    return fov.reset_index(drop=True), out.reset_index(drop=True)
+    fov = fov.reset_index(drop=True)
+    fov.attrs["source"] = f"{path}:fov_meta"  # named by read_dataset when a rectangle does not fit its image
+    return fov, out.reset_index(drop=True)
 
 
 def find_core_metadata(spec: str | None, data_dir: str | os.PathLike[str] | None,
@@ -141,8 +144,16 @@ def find_core_metadata(spec: str | None, data_dir: str | os.PathLike[str] | None
     return path.resolve()
 
 
-def fov_rectangles(fovs: pd.DataFrame) -> dict[str, tuple[int, int, int, int]]:
-    """FOV name -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)`` from a metadata ``fovs`` frame."""
+def fov_rectangles(fovs: pd.DataFrame) -> FovRectangles:
+    """FOV name -> intended FOV rectangle ``(xmin, ymin, xmax, ymax)`` from a metadata ``fovs`` frame.
+
+    Returns
+    -------
+    FovRectangles
+        A dict whose ``source`` is the frame's ``attrs['source']`` (``<sqlite>:fov_meta`` for a frame from
+        :func:`read_core_metadata`), so that :func:`nucls_utils.io.dataset.read_dataset` names the metadata when a
+        rectangle does not fit its image. The first row of a FOV name stored twice wins.
+    """
     f = fovs.dropna(subset=["fov_xmin", "fov_ymin", "fov_xmax", "fov_ymax"]).drop_duplicates("fovname")
-    return {r.fovname: (int(r.fov_xmin), int(r.fov_ymin), int(r.fov_xmax), int(r.fov_ymax))
-            for r in f.itertuples(index=False)}
+    return FovRectangles({r.fovname: (int(r.fov_xmin), int(r.fov_ymin), int(r.fov_xmax), int(r.fov_ymax))
+                          for r in f.itertuples(index=False)}, source=fovs.attrs.get("source", "core-set metadata"))

@@ -6,8 +6,10 @@ Layout written by the study (and read back)::
     <root>/<set>/rgb/<fovname>.png                                the FOV image (once per set)
 
 An empty CSV (header only) means the participant annotated the FOV and found no nucleus; a missing file means they
-did not annotate it. :func:`read_multirater` finds every ``*_#_*_#_*.csv`` below a folder, so it also reads the
-release's per-participant files whatever the sub-folder names.
+did not annotate it. :func:`read_multirater` reads every ``*.csv`` below a folder whose name holds a ``#``, so it
+also reads the release's per-participant files whatever the sub-folder names; such a name must be a valid
+multi-rater FOV name (see :func:`nucls_utils.io.naming.parse_fov_name`). CSVs without ``#`` in their name (e.g. the
+study's ``fovs.csv``) are not annotations and are ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_dir
-from .dataset import Nucleus, _csv_text, read_fov_csv
+from .dataset import Nucleus, _csv_text, _image_shape, read_fov_csv
 from .errors import NuclsFormatError
 from .naming import FovName, format_fov_name, parse_fov_name
 
@@ -49,26 +51,58 @@ def write_multirater(annotations: Mapping[tuple[str, str, str], Sequence[Nucleus
     return Path(root)
 
 
-def read_multirater(root: str | os.PathLike[str]) -> dict[tuple[str, str, str], tuple[Nucleus, ...]]:
+def _fov_image(csv_path: Path, root: Path, fovname: str) -> Path | None:
+    """``rgb/<fovname>.png`` in the CSV's folder or its nearest ancestor up to ``root`` (``<set>/rgb/`` as written by
+    :func:`write_multirater`, beside ``<set>/raw/``), or None."""
+    folder = csv_path.parent
+    while True:
+        png = folder / "rgb" / f"{fovname}.png"
+        if png.is_file():
+            return png
+        if folder == root or folder == folder.parent:
+            return None
+        folder = folder.parent
+
+
+def read_multirater(root: str | os.PathLike[str], *, tolerance_px: int = 1
+                    ) -> dict[tuple[str, str, str], tuple[Nucleus, ...]]:
     """Read every per-participant CSV below ``root``: ``(set, participant, fovname) -> nuclei``.
+
+    Parameters
+    ----------
+    root : path-like
+    tolerance_px : int
+        When a FOV's image is present (``rgb/<fovname>.png`` in the CSV's folder or the nearest ancestor that has
+        it, up to ``root``: ``<set>/rgb/`` in the layout of :func:`write_multirater`), its boxes must lie inside it
+        within this many pixels (see :func:`nucls_utils.io.dataset.read_fov_csv`). Without the image they are not
+        checked against it.
 
     Raises
     ------
     NuclsFormatError
-        For a missing folder, no multi-rater CSV at all, a duplicated (set, participant, FOV) or any bad row.
+        For a missing folder, no multi-rater CSV at all, a CSV whose name holds ``#`` but is not
+        ``<participant>_#_<set>_#_<fovname>.csv`` (naming its full path), a duplicated (set, participant, FOV), an
+        unreadable image, or any bad row.
     """
     root = Path(root)
     if not root.is_dir():
         raise NuclsFormatError("multi-rater folder not found", path=root)
     out: dict[tuple[str, str, str], tuple[Nucleus, ...]] = {}
     paths: dict[tuple[str, str, str], Path] = {}
-    for path in sorted(root.rglob("*_#_*_#_*.csv")):
-        f = parse_fov_name(path.stem)
+    shapes: dict[Path, tuple[int, int]] = {}
+    for path in sorted(p for p in root.rglob("*.csv") if "#" in p.name and p.is_file()):
+        try:
+            f = parse_fov_name(path.name)
+        except NuclsFormatError as e:
+            raise NuclsFormatError(e.message, path=path) from None
         base = format_fov_name(FovName(f.slide, f.item_id, f.left, f.top, f.bottom, f.right))
         key = (f.evalset, f.participant, base)
         if key in out:
             raise NuclsFormatError(f"duplicate annotations of {key} (also in {paths[key]})", path=path)
-        out[key] = read_fov_csv(path)
+        png = _fov_image(path, root, base)
+        if png is not None and png not in shapes:
+            shapes[png] = _image_shape(png)
+        out[key] = read_fov_csv(path, image_shape=None if png is None else shapes[png], tolerance_px=tolerance_px)
         paths[key] = path
     if not out:
         raise NuclsFormatError("no multi-rater CSV ('<participant>_#_<set>_#_<fovname>.csv') below this folder",

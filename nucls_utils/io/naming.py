@@ -14,11 +14,16 @@ from .errors import NuclsFormatError
 
 __all__ = ["FovName", "parse_fov_name", "format_fov_name", "slide_of", "hospital_of"]
 
-_FOV_RE = re.compile(
-    r"^(?:(?P<participant>[^#/]+?)_#_(?P<evalset>[^#/]+?)_#_)?"
+# Coordinates are canonical ASCII integers (no leading zeros, no '-0'), so that a parsed name formats back to
+# exactly the same text; ``\Z`` (not ``$``) so that a trailing newline is not silently dropped.
+_INT = r"(?:0|-?[1-9][0-9]*)"
+_BASE_RE = re.compile(
     r"(?P<slide>[^/]+?)_id-(?P<item_id>[^_/]+)"
-    r"_left-(?P<left>-?\d+)_top-(?P<top>-?\d+)_bottom-(?P<bottom>-?\d+)_right-(?P<right>-?\d+)$"
+    rf"_left-(?P<left>{_INT})_top-(?P<top>{_INT})_bottom-(?P<bottom>{_INT})_right-(?P<right>{_INT})\Z"
 )
+_SUFFIX_RE = re.compile(r"\.(?:png|csv)\Z")
+PREFIX_SEPARATOR = "_#_"
+_EXPECTED = "expected '<slide>_id-<id>_left-<L>_top-<T>_bottom-<B>_right-<R>'"
 
 
 @dataclass(frozen=True, order=True)
@@ -52,23 +57,48 @@ class FovName:
 
 
 def parse_fov_name(name: str) -> FovName:
-    """Parse a FOV name (a file stem; a ``.png``/``.csv`` suffix is accepted and ignored).
+    """Parse a FOV name (a file stem; a folder and one ``.png``/``.csv`` suffix are accepted and ignored).
+
+    The accepted grammar is strict, so that ``format_fov_name(parse_fov_name(stem)) == stem`` for every name it
+    accepts:
+
+    * an optional multi-rater prefix ``<participant>_#_<set>_#_``: when the name holds a ``#`` at all, it must
+      split on ``_#_`` into exactly three parts, the participant and the set neither empty nor blank, and ``#``
+      appears nowhere else;
+    * ``<slide>_id-<item id>_left-<L>_top-<T>_bottom-<B>_right-<R>``: a non-blank slide, an item id without ``_``,
+      coordinates written as canonical ASCII integers (no leading zeros, no ``-0``), ``right > left`` and
+      ``bottom > top``.
 
     Raises
     ------
     NuclsFormatError
-        If the name does not follow the official pattern or its box is empty or inverted.
+        Naming ``name`` as given, if it does not follow the pattern or its box is empty or inverted.
     """
-    stem = re.sub(r"\.(png|csv)$", "", name.rsplit("/", 1)[-1])
-    m = _FOV_RE.match(stem)
-    if m is None:
-        raise NuclsFormatError(
-            "not a NuCLS FOV name; expected '<slide>_id-<id>_left-<L>_top-<T>_bottom-<B>_right-<R>'",
-            path=name,
-        )
+    stem = _SUFFIX_RE.sub("", name.rsplit("/", 1)[-1])
+    participant = evalset = None
+    base = stem
+    if "#" in stem:
+        parts = stem.split(PREFIX_SEPARATOR)
+        if len(parts) == 1:
+            raise NuclsFormatError("'#' may appear only in the '_#_' separators of a multi-rater prefix "
+                                   "'<participant>_#_<set>_#_'", path=name)
+        if len(parts) != 3:
+            raise NuclsFormatError(
+                f"a multi-rater name splits on '_#_' into {len(parts)} part(s); expected "
+                "'<participant>_#_<set>_#_<fovname>'", path=name)
+        participant, evalset, base = parts
+        for what, value in (("participant", participant), ("evaluation set", evalset)):
+            if not value.strip():
+                raise NuclsFormatError(f"empty {what} in the multi-rater prefix '<participant>_#_<set>_#_'",
+                                       path=name)
+        if any("#" in p for p in parts):
+            raise NuclsFormatError("'#' may appear only in the '_#_' separators of a multi-rater prefix", path=name)
+    m = _BASE_RE.match(base)
+    if m is None or not m["slide"].strip():
+        raise NuclsFormatError(f"not a NuCLS FOV name; {_EXPECTED}", path=name)
     fov = FovName(
         slide=m["slide"], item_id=m["item_id"], left=int(m["left"]), top=int(m["top"]),
-        bottom=int(m["bottom"]), right=int(m["right"]), participant=m["participant"], evalset=m["evalset"],
+        bottom=int(m["bottom"]), right=int(m["right"]), participant=participant, evalset=evalset,
     )
     if fov.right <= fov.left or fov.bottom <= fov.top:
         raise NuclsFormatError(
