@@ -8,12 +8,15 @@ Output folder (read by notebooks 03-06)::
     singlerater/assignment.csv             who annotated which FOV
     multirater/<set>/raw/csv/...           U-control, B-control, E on the sampled FOVs (see nucls_utils.io.multirater)
     multirater/fovs.csv                    the sampled FOVs and their sampling stratum
-    manifest.json                          seed, counts
+    manifest.json                          seed, counts, and the sha256 of every other file (``files``)
+
+The manifest is written last, inside the temporary folder that is renamed onto ``out_dir``, by
+:func:`nucls_utils.io.manifest.write_manifest`, so later notebooks can check the study with
+:func:`nucls_utils.io.manifest.verify_manifest` before they reuse anything computed from it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -22,6 +25,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_dir
 from ..io.dataset import FovRecord, Nucleus, write_dataset
+from ..io.manifest import write_manifest
 from ..io.multirater import write_multirater
 from .participants import Participant, roster_frame
 from .study import EVALSETS, multi_rater_study, single_rater_study
@@ -42,7 +46,7 @@ def write_annotation_study(out_dir: str | os.PathLike[str], records: Sequence[Fo
     """Simulate the single- and multi-rater annotation of ``records`` and write everything to ``out_dir``.
 
     ``multirater_fovs`` has one row per multi-rater FOV, indexed by position in ``records`` (as returned by
-    :func:`nucls_utils.suggestions.assess.stratified_fov_sample`). Returns the manifest.
+    :func:`nucls_utils.suggestions.assess.stratified_fov_sample`). Returns the manifest (with ``files``).
     """
     refined_by_name = {r.name: list(n) for r, n in zip(records, refined, strict=True)}
     boot_by_name = {r.name: list(n) for r, n in zip(records, bootstrap, strict=True)}
@@ -73,5 +77,5 @@ def write_annotation_study(out_dir: str | os.PathLike[str], records: Sequence[Fo
                            "annotations": sum(len(v) for v in mr.values()),
                            "participant_fov_pairs": len(mr)},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = write_manifest(tmp, manifest)
     return manifest

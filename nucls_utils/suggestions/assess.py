@@ -4,6 +4,11 @@ Detection: suggestions are matched one-to-one to the truth (box IOU >= 0.5, Hung
 Classification, over matched pairs: accuracy and MCC of the suggested class against the true class, overall (raw
 classes grouped to super-classes, as the paper's Table S2 reports) and one-vs-rest per super-class (tumor, stromal,
 sTILs, other).
+
+Classification scores are NaN, with the reason in ``classification_note``, when they are not defined: when the
+suggestions carry no class (there are suggestions, and every suggested class is AMBIGUOUS, e.g. the ``unlabeled``
+suggestions of FOVs without tissue-region maps) or no matched pair has a non-ambiguous true class (e.g. no
+suggestion at all). A score of 0 is therefore a measured 0.
 """
 
 from __future__ import annotations
@@ -18,10 +23,19 @@ from .. import taxonomy as tx
 from ..evaluation import DetectionCounts, detection_counts, match_boxes
 from ..io.dataset import Nucleus
 
-__all__ = ["SUPER_GROUPS", "suggestion_table", "per_fov_scores", "fov_sampling_features", "stratified_fov_sample"]
+__all__ = ["SUPER_GROUPS", "NO_CLASS", "NO_PAIRS", "carries_classes", "suggestion_table", "per_fov_scores",
+           "fov_sampling_features", "stratified_fov_sample"]
 
 #: Super-classes reported per class in Table S2.
 SUPER_GROUPS = ("tumor_any", "nonTIL_stromal", "sTIL", "other_nucleus")
+#: Why classification scores are not defined (``classification_note`` of :func:`suggestion_table`).
+NO_CLASS = "not defined: the suggestions carry no class"
+NO_PAIRS = "not defined: no matched pair with a non-ambiguous true class"
+
+
+def carries_classes(suggestions: Sequence[Sequence[Nucleus]]) -> bool:
+    """Whether any suggestion has a class (a super-class other than AMBIGUOUS)."""
+    return any(tx.to_super(n.raw_class) != tx.AMBIGUOUS for fov in suggestions for n in fov)
 
 
 def _boxes(nuclei: Sequence[Nucleus]) -> np.ndarray:
@@ -44,33 +58,46 @@ def suggestion_table(truth: Sequence[Sequence[Nucleus]], suggestion_sets: dict[s
     """Table S2: one row per suggestion set (e.g. bootstrap, refined) against the truth of the same FOVs.
 
     Columns: detection N (true nuclei), precision, recall, F1 (percent); classification N (matched, true class not
-    AMBIGUOUS), accuracy and MCC overall (super-classes) and MCC per super-class (percent).
+    AMBIGUOUS), accuracy and MCC overall (super-classes) and MCC per super-class (percent); ``classification_note``:
+    empty, or why the classification scores are NaN (:data:`NO_CLASS`, :data:`NO_PAIRS`). An MCC is also NaN when
+    the truth of the matched pairs holds a single class (overall) or does not hold both sides of a one-vs-rest split.
     """
     rows = []
     for name, pred in suggestion_sets.items():
         counts, t, p = _pairs(truth, pred)
         keep = t != tx.AMBIGUOUS
         t, p = t[keep], p[keep]
+        if any(len(fov) for fov in pred) and not carries_classes(pred):
+            note = NO_CLASS
+        else:
+            note = "" if len(t) else NO_PAIRS
         row = {"suggestions": name, "detection_N": counts.tp + counts.fn, "precision": 100 * counts.precision,
                "recall": 100 * counts.recall, "F1": 100 * counts.f1, "classification_N": int(keep.sum()),
-               "accuracy": 100 * float((t == p).mean()) if len(t) else np.nan,
-               "MCC": 100 * float(matthews_corrcoef(t, p)) if len(set(t)) > 1 else np.nan}
-        for g in SUPER_GROUPS:
-            yt, yp = t == g, p == g
-            row[f"MCC_{g}"] = 100 * float(matthews_corrcoef(yt, yp)) if yt.any() and (~yt).any() else np.nan
-        row["recall_sTIL"] = 100 * float((p[t == "sTIL"] == "sTIL").mean()) if (t == "sTIL").any() else np.nan
+               "accuracy": np.nan, "MCC": np.nan, **{f"MCC_{g}": np.nan for g in SUPER_GROUPS},
+               "recall_sTIL": np.nan, "classification_note": note}
+        if not note:
+            row["accuracy"] = 100 * float((t == p).mean())
+            row["MCC"] = 100 * float(matthews_corrcoef(t, p)) if len(set(t)) > 1 else np.nan
+            for g in SUPER_GROUPS:
+                yt, yp = t == g, p == g
+                row[f"MCC_{g}"] = 100 * float(matthews_corrcoef(yt, yp)) if yt.any() and (~yt).any() else np.nan
+            row["recall_sTIL"] = 100 * float((p[t == "sTIL"] == "sTIL").mean()) if (t == "sTIL").any() else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def per_fov_scores(truth: Sequence[Sequence[Nucleus]], pred: Sequence[Sequence[Nucleus]]) -> pd.DataFrame:
-    """Per FOV: detection F1 and super-class accuracy of matched suggestions (Figure S4)."""
+    """Per FOV: detection F1 and super-class accuracy of matched suggestions (Figure S4), AMBIGUOUS truth excluded as
+    in :func:`suggestion_table`. Accuracy is NaN for a FOV without such a matched pair, and for every FOV when the
+    suggestions carry no class (:func:`carries_classes`)."""
+    defined = carries_classes(pred)
     rows = []
     for t, p in zip(truth, pred, strict=True):
         c = detection_counts(_boxes(t), _boxes(p))
         ti, pi, _ = match_boxes(_boxes(t), _boxes(p))
-        agree = [tx.to_super(t[i].raw_class) == tx.to_super(p[j].raw_class) for i, j in zip(ti, pi, strict=True)]
-        rows.append({"F1": 100 * c.f1, "accuracy": 100 * float(np.mean(agree)) if agree else np.nan})
+        agree = [tx.to_super(t[i].raw_class) == tx.to_super(p[j].raw_class) for i, j in zip(ti, pi, strict=True)
+                 if tx.to_super(t[i].raw_class) != tx.AMBIGUOUS]
+        rows.append({"F1": 100 * c.f1, "accuracy": 100 * float(np.mean(agree)) if agree and defined else np.nan})
     return pd.DataFrame(rows)
 
 

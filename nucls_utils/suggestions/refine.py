@@ -7,6 +7,16 @@ backbone trained from scratch (no weights can be downloaded; batch norm left tra
 nucleus-sized objects and trained with SGD on a one-cycle schedule; its training length comes from the profile
 (:data:`REFINER_PROFILES`). Images are never resized: the transform's size limits are set to each image's own size,
 so inference works on a FOV of any size. Detections pass a class-agnostic NMS (torchvision's runs per class).
+
+Reproducibility: torch's global generator is seeded at random in every process, and torchvision's detection heads
+draw their training samples from it (``torch.randperm``), so the weight initialisation (:func:`build_refiner`) and
+the training loop (:func:`train_refiner`) each run under :func:`torch.random.fork_rng` seeded from ``seed``: the
+same seed gives the same weights in every process (for the same number of torch threads), and the caller's global
+torch state is left alone. Crops are drawn from an explicit ``numpy.random.Generator``.
+
+Suggestions without a class the model learns (``unlabeled``: the bootstrap of FOVs without tissue-region maps) give
+nothing to train on; :func:`refiner_classes` then makes the model class-agnostic (one class, ``unlabeled``), a pure
+detector whose suggestions carry no class.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ from ..io.dataset import Nucleus
 from ..io.masks import rasterize_instances
 from .heuristic import instances_to_nuclei
 
-__all__ = ["SUGGESTION_CLASSES", "RefinerConfig", "REFINER_PROFILES", "build_refiner", "sample_crop",
-           "train_refiner", "refine_fov"]
+__all__ = ["SUGGESTION_CLASSES", "CLASS_AGNOSTIC", "RefinerConfig", "REFINER_PROFILES", "build_refiner",
+           "refiner_classes", "sample_crop", "train_refiner", "refine_fov"]
 
 #: Classes the bootstrap can suggest, in label order (label = index + 1; 0 is background).
 SUGGESTION_CLASSES: tuple[str, ...] = ("tumor", "fibroblast", "lymphocyte", "plasma_cell", "ductal_epithelium")
+#: The single class of a class-agnostic refiner (a nucleus detector whose suggestions carry no class).
+CLASS_AGNOSTIC: tuple[str, ...] = ("unlabeled",)
+#: Pixels of a nucleus a training crop must hold for it to be a target.
+_MIN_PIXELS = 30
 
 
 @dataclass(frozen=True)
@@ -52,14 +66,33 @@ REFINER_PROFILES: dict[str, RefinerConfig] = {
 }
 
 
-def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int = 64):
+def refiner_classes(suggestions: Sequence[Sequence[Nucleus]]) -> tuple[str, ...]:
+    """The classes a refiner learns from these (bootstrap) suggestions, in label order (label = index + 1).
+
+    :data:`SUGGESTION_CLASSES` when any suggestion has one of them; :data:`CLASS_AGNOSTIC` when every suggestion is
+    of another class (``unlabeled``: FOVs without tissue-region maps), so that the model still learns to detect.
+    """
+    if any(n.raw_class in SUGGESTION_CLASSES for sug in suggestions for n in sug):
+        return SUGGESTION_CLASSES
+    return CLASS_AGNOSTIC
+
+
+def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int = 64, seed: int | None = None):
     """A slim Mask R-CNN for nuclei at 0.2 microns per pixel, trained from scratch.
 
     ResNet-18 (trainable batch norm: the frozen batch norm of torchvision's detection backbones is meant for
     pretrained weights and leaves a randomly initialised network unnormalised) up to ``layer3``, an FPN of
     ``channels`` channels on strides 4-16 plus a pooled level, anchors 12-96 px, box and mask heads of the same
     width. Images are never resized (see :func:`refine_fov`).
+
+    ``num_classes`` counts the background. With ``seed`` the initial weights are a function of it (drawn under a
+    forked torch RNG, leaving the global one untouched); without it they come from torch's global generator, which
+    torch seeds at random in every process.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_refiner(num_classes, channels)
     from torchvision.models import resnet18
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -79,12 +112,14 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
                     box_batch_size_per_image=64, rpn_batch_size_per_image=128)
 
 
-def _class_label(name: str) -> int:
-    return SUGGESTION_CLASSES.index(name) + 1 if name in SUGGESTION_CLASSES else 0
+def _class_label(name: str, classes: Sequence[str] = SUGGESTION_CLASSES) -> int:
+    if tuple(classes) == CLASS_AGNOSTIC:
+        return 1
+    return classes.index(name) + 1 if name in classes else 0
 
 
 def sample_crop(rgb: np.ndarray, instances: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                config: RefinerConfig, min_pixels: int = 30) -> tuple[torch.Tensor, dict] | None:
+                config: RefinerConfig, min_pixels: int = _MIN_PIXELS) -> tuple[torch.Tensor, dict] | None:
     """A random training crop with its targets, or ``None`` when the crop holds no usable nucleus.
 
     Parameters
@@ -122,51 +157,98 @@ def sample_crop(rgb: np.ndarray, instances: np.ndarray, labels: np.ndarray, rng:
 
 
 def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Sequence[Nucleus]],
-                  config: RefinerConfig, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                  config: RefinerConfig, seed: int = 0, progress: bool = True,
+                  classes: Sequence[str] = SUGGESTION_CLASSES, max_tries: int = 200) -> pd.DataFrame:
     """Train ``model`` on random crops of FOVs labelled with their bootstrap suggestions.
 
-    Returns the loss history, one row per iteration (``iteration`` and each loss term).
+    Parameters
+    ----------
+    model : torchvision MaskRCNN
+        With ``len(classes) + 1`` classes (see :func:`build_refiner`).
+    images : sequence of (H, W, 3) uint8
+    suggestions : sequence of sequence of Nucleus
+        The bootstrap of each image; a nucleus whose class is not in ``classes`` is not a training target (with
+        :data:`CLASS_AGNOSTIC`, every nucleus is).
+    config : RefinerConfig
+    seed : int
+        Crops come from ``numpy.random.default_rng(seed)``; torchvision's proposal sampling from a torch generator
+        seeded with ``seed`` inside :func:`torch.random.fork_rng` (the caller's global torch state is untouched).
+    classes : sequence of str
+        Class of each label (label = index + 1).
+    max_tries : int
+        Random crops tried per batch element (``max_tries * batch_size`` per batch) before giving up: a crop holds
+        no target when it falls where the bootstrap found no nucleus of a trainable class.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The loss history, one row per iteration: ``iteration``, the learning rate used, ``loss`` and each term.
+
+    Raises
+    ------
+    ValueError
+        When no FOV has a suggestion of a trainable class.
+    RuntimeError
+        When ``max_tries * batch_size`` crops do not fill a batch.
     """
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    classes = tuple(classes)
     prepared = []
     for rgb, sug in zip(images, suggestions, strict=True):
-        if not sug:
+        labels = np.array([0] + [_class_label(n.raw_class, classes) for n in sug], dtype=np.int64)
+        if not (labels > 0).any():
             continue
         inst = rasterize_instances(sug, rgb.shape[:2])
-        labels = np.array([0] + [_class_label(n.raw_class) for n in sug], dtype=np.int64)
+        # a FOV whose trainable nuclei are all too small (or hidden) could never give a crop: leave it out
+        if not ((np.bincount(inst.ravel(), minlength=len(labels)) >= _MIN_PIXELS) & (labels > 0)).any():
+            continue
         prepared.append((rgb, inst, labels))
     if not prepared:
-        raise ValueError("no FOV has a bootstrap suggestion to train on")
+        found = sorted({n.raw_class for sug in suggestions for n in sug})
+        raise ValueError(f"no FOV has a bootstrap suggestion to train on: the model learns {', '.join(classes)}; "
+                         f"the {sum(map(len, suggestions))} suggestions are of class(es) {found or 'none'}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.iterations, 1),
                                                 pct_start=config.warmup)
     history = []
-    for it in tqdm(range(config.iterations), desc="refinement model", disable=not progress):
-        batch = []
-        while len(batch) < config.batch_size:
-            rgb, inst, labels = prepared[int(rng.integers(len(prepared)))]
-            s = sample_crop(rgb, inst, labels, rng, config)
-            if s is not None:
-                batch.append(s)
-        model.transform.min_size = (config.crop,)
-        losses = model([b[0] for b in batch], [b[1] for b in batch])
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        sched.step()
-        history.append({"iteration": it + 1, "lr": sched.get_last_lr()[0], "loss": total.item(), **{k: v.item() for k, v in losses.items()}})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for it in tqdm(range(config.iterations), desc="refinement model", disable=not progress):
+            batch, tries = [], 0
+            while len(batch) < config.batch_size:
+                if tries >= max_tries * config.batch_size:
+                    raise RuntimeError(
+                        f"refinement model, iteration {it + 1}: {tries} random {config.crop} x {config.crop} px crops "
+                        f"gave only {len(batch)} of {config.batch_size} with a bootstrap nucleus of a trainable class "
+                        f"({', '.join(classes)}); the {len(prepared)} training FOVs have too few such nuclei")
+                tries += 1
+                rgb, inst, labels = prepared[int(rng.integers(len(prepared)))]
+                s = sample_crop(rgb, inst, labels, rng, config)
+                if s is not None:
+                    batch.append(s)
+            model.transform.min_size = (config.crop,)
+            losses = model([b[0] for b in batch], [b[1] for b in batch])
+            total = sum(losses.values())
+            opt.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            history.append({"iteration": it + 1, "lr": lr, "loss": total.item(),
+                            **{k: v.item() for k, v in losses.items()}})
     return pd.DataFrame(history)
 
 
 @torch.no_grad()
 def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5, nms_iou: float = 0.3,
-               min_visible: float = 0.5) -> tuple[list[Nucleus], list[float]]:
+               min_visible: float = 0.5, classes: Sequence[str] = SUGGESTION_CLASSES
+               ) -> tuple[list[Nucleus], list[float]]:
     """Refined suggestions of one FOV: detections above ``score_threshold`` as polylines, with their confidences.
+
+    ``classes`` names the model's labels (label = index + 1), as it was trained (see :func:`train_refiner`).
 
     torchvision's NMS runs per class, so one nucleus can come out twice with two classes; a class-agnostic NMS at
     ``nms_iou`` keeps the more confident. Overlapping masks are resolved in favour of the more confident detection,
@@ -197,7 +279,7 @@ def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5, nms_iou: fl
         instances[masks[k]] = k + 1
     visible = np.bincount(instances.ravel(), minlength=len(scores) + 1)[1:]
     full = masks.sum(axis=(1, 2))
-    classes = {k + 1: SUGGESTION_CLASSES[labels[k] - 1] for k in range(len(scores))
-               if visible[k] > 0 and visible[k] >= min_visible * full[k]}
-    nuclei, kept = instances_to_nuclei(instances, classes, return_labels=True)
+    names = {k + 1: classes[labels[k] - 1] for k in range(len(scores))
+             if visible[k] > 0 and visible[k] >= min_visible * full[k]}
+    nuclei, kept = instances_to_nuclei(instances, names, return_labels=True)
     return nuclei, [float(scores[lab - 1]) for lab in kept]
