@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .io.atomic import atomic_path
-from .io.manifest import hash_files, read_manifest_json, sha256_file
+from .io.manifest import files_problem, hash_files, read_manifest_json, sha256_file
 
 __all__ = ["stage_key", "stage_problem", "record_stage", "record_path", "source_digest"]
 
@@ -92,13 +92,8 @@ def stage_problem(notebook: str, key: str, out: Path) -> str | None:
     files = rec.get("files")
     if not isinstance(files, dict) or not files:
         return "its record lists no outputs"
-    for rel, digest in sorted(files.items()):
-        path = out / rel
-        if not path.is_file():
-            return f"output {rel} is missing"
-        if sha256_file(path) != digest:
-            return f"output {rel} changed since it was written"
-    return None
+    problem = files_problem(out, files)
+    return None if problem is None else f"output {problem}"
 
 
 def record_stage(notebook: str, key: str, out: Path, files: Iterable[Path], results_dir: Path | None = None) -> Path:

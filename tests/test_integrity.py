@@ -198,10 +198,10 @@ def test_stage_key_and_record(cohort_copy, tmp_path):
     assert stages.stage_key(nb_dir / "02_b.ipynb", **kw) != k2_before  # an earlier notebook's record is an input
     assert "inputs changed" in stages.stage_problem("01_a.ipynb", "other", out)
     (res / "t.csv").write_text("a\n2\n")
-    assert "t.csv changed" in stages.stage_problem("01_a.ipynb", k1, out)
+    assert "t.csv' changed" in stages.stage_problem("01_a.ipynb", k1, out)
     (res / "t.csv").write_text("a\n1\n")
     fig.unlink()
-    assert "figures/f.png is missing" in stages.stage_problem("01_a.ipynb", k1, out)
+    assert "figures/f.png' is missing" in stages.stage_problem("01_a.ipynb", k1, out)
     fig.write_bytes(b"png")
     (cohort_copy / "csv" / sorted(os.listdir(cohort_copy / "csv"))[0]).write_text("changed")
     # the cohort's own manifest still lists the old hash; the stage key follows the manifest, and the cohort

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .atomic import atomic_path
 
-__all__ = ["sha256_file", "hash_files", "write_manifest", "read_manifest_json", "verify_manifest"]
+__all__ = ["sha256_file", "hash_files", "write_manifest", "read_manifest_json", "files_problem", "verify_manifest"]
 
 _CHUNK = 1 << 20
 
@@ -79,6 +79,18 @@ def read_manifest_json(path: str | os.PathLike[str]) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def files_problem(root: str | os.PathLike[str], files: Mapping[str, str]) -> str | None:
+    """The first of ``files`` (``{relative path: sha256}`` below ``root``) that is missing or changed, as a
+    one-line reason, or ``None`` when all are intact."""
+    for rel, digest in sorted(files.items()):
+        path = Path(root) / rel
+        if not path.is_file():
+            return f"file {rel!r} is missing"
+        if sha256_file(path) != digest:
+            return f"file {rel!r} changed since it was written (sha256 differs)"
+    return None
+
+
 def verify_manifest(root: str | os.PathLike[str], *, name: str = "manifest.json",
                     expect: Mapping | None = None, exclude: Iterable[str] = (),
                     allow_extra: bool = False) -> str | None:
@@ -114,12 +126,9 @@ def verify_manifest(root: str | os.PathLike[str], *, name: str = "manifest.json"
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         return f"{name} records no file hashes (written by an older version)"
-    for rel, digest in sorted(files.items()):
-        path = root / rel
-        if not path.is_file():
-            return f"file {rel!r} listed in {name} is missing"
-        if sha256_file(path) != digest:
-            return f"file {rel!r} changed since it was written (sha256 differs)"
+    problem = files_problem(root, files)
+    if problem is not None:
+        return problem
     if not allow_extra:
         extra = sorted(set(_listed(root, (name, *exclude))) - set(files))
         if extra:
