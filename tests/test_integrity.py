@@ -23,6 +23,19 @@ from nucls_utils.phantom import cohort_problem, ensure_cohort
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A job started in the background by a non-interactive
+    shell (as CI may be) inherits SIGINT *ignored*, and then neither Python nor bash would ever see a Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a test's child process if it is still running, and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
 def _hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -72,20 +85,23 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 def _generate_in_subprocess(out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nucls_utils.phantom", "--profile", "smoke", "--seed", "0",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONHASHSEED": "0"})
+                            env={**os.environ, "PYTHONHASHSEED": "0"}, preexec_fn=_default_sigint)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_cohort_generation_leaves_nothing(tmp_path, sig):
     out = tmp_path / "smoke"
     proc = _generate_in_subprocess(out)
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".smoke.") for p in tmp_path.iterdir()):  # generation has started
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".smoke.") for p in tmp_path.iterdir()):  # generation has started
+            assert proc.poll() is None and time.monotonic() < deadline, "generation ended before the signal"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no cohort, no orphan temporary folder
@@ -385,13 +401,17 @@ def test_signal_to_run_all_during_a_notebook(tmp_path, smoke_cohort, sig):
     out = tmp_path / "out"
     env = {**os.environ, "NUCLS_NOTEBOOK_DIR": str(nb_dir)}
     proc = subprocess.Popen([str(REPO / "run_all.sh"), "--data", str(smoke_cohort), "--profile", "smoke",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300
-    while not (marker.exists() and marker.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
+    try:
+        deadline = time.monotonic() + 300
+        while not (marker.exists() and marker.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the notebook did not start"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _stop(proc)
     assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err[-2000:]
     assert "interrupted by SIG" in err
     assert not list((out / "tables").iterdir()) and not (out / ".staging").exists()
