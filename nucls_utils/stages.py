@@ -3,8 +3,8 @@
 A notebook run is a *stage*. Its **key** is a sha256 over everything it can depend on: the notebook's bytes, the
 parameters run_all.sh passes, the source of ``nucls_utils``, the locked environment, the dataset (the synthetic
 cohort's manifest, which holds a sha256 per file, or the sha256 of every file of a real dataset and of the
-metadata sqlite), the real sample beside the project, and the records of every earlier notebook in the same output
-folder. After a successful run, run_all.sh records the key and the sha256 of every file the notebook wrote (its
+metadata sqlite), the real sample beside the project, and the sha256 of every results file the earlier notebooks wrote into the
+same output folder (later notebooks read only those). After a successful run, run_all.sh records the key and the sha256 of every file the notebook wrote (its
 figures, tables, executed notebook and results folder) in ``<out>/results/.stages/<notebook>.json``. On the next
 run the notebook is skipped only when the key is the same *and* every recorded file is still there, unchanged;
 otherwise it runs, and the reason is printed.
@@ -71,7 +71,12 @@ def stage_key(notebook: Path, *, data_dir: Path, profile: str, seed: int, metada
     upstream = {}
     for name in earlier:
         rec = read_manifest_json(record_path(out, name))
-        upstream[name] = None if rec is None else _digest([rec.get("key"), rec.get("files")])
+        # what a later notebook can read of an earlier one is its results folder (not its figures, tables or
+        # executed copy, whose bytes change with every execution): an earlier notebook that ran again and wrote
+        # the same results leaves this key unchanged
+        files = (rec or {}).get("files") or {}
+        upstream[name] = None if rec is None else _digest(sorted((k, v) for k, v in files.items()
+                                                                 if k.startswith("results/")))
     meta = None if metadata in ("", "auto", "none") else sha256_file(metadata)
     sample = None
     if real_sample is not None and Path(real_sample).is_dir():

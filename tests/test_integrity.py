@@ -211,7 +211,17 @@ def test_stage_key_and_record(cohort_copy, tmp_path):
     k2_before = stages.stage_key(nb_dir / "02_b.ipynb", **kw)
     stages.record_stage("01_a.ipynb", k1, out, [fig], res)
     assert stages.stage_problem("01_a.ipynb", k1, out) is None
-    assert stages.stage_key(nb_dir / "02_b.ipynb", **kw) != k2_before  # an earlier notebook's record is an input
+    k2 = stages.stage_key(nb_dir / "02_b.ipynb", **kw)
+    assert k2 != k2_before  # an earlier notebook's results are an input
+    fig.write_bytes(b"png, executed again")  # an earlier notebook ran again: same results, another figure
+    stages.record_stage("01_a.ipynb", k1, out, [fig], res)
+    assert stages.stage_key(nb_dir / "02_b.ipynb", **kw) == k2
+    (res / "t.csv").write_text("a\n3\n")  # ... with other results: the later notebook must run again
+    stages.record_stage("01_a.ipynb", k1, out, [fig], res)
+    assert stages.stage_key(nb_dir / "02_b.ipynb", **kw) != k2
+    fig.write_bytes(b"png")
+    (res / "t.csv").write_text("a\n1\n")
+    stages.record_stage("01_a.ipynb", k1, out, [fig], res)
     assert "inputs changed" in stages.stage_problem("01_a.ipynb", "other", out)
     (res / "t.csv").write_text("a\n2\n")
     assert "t.csv' changed" in stages.stage_problem("01_a.ipynb", k1, out)
