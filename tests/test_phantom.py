@@ -67,7 +67,9 @@ def test_cohort_structure_and_layout(cpu_cohort):
     records = nio.read_dataset(cpu_cohort)  # validates every row, image and mask
     ann, fovs = nio.annotations_frame(records), nio.fovs_frame(records)
     assert fovs["hospital"].nunique() == 8 and fovs["slide_name"].nunique() == 30 and len(records) == 120
-    assert all(n.type == "polyline" for r in records for n in r.nuclei)
+    # annotators draw boxes for most nuclei and trace a third (the core set's polyline share)
+    share = np.mean([n.type == "polyline" for r in records for n in r.nuclei])
+    assert abs(share - calibration.POLYLINE_SHARE) < 0.05, share
     assert set(ann["raw_class"]) == set(tx.RAW_CLASSES), set(tx.RAW_CLASSES) - set(ann["raw_class"])
     for r in records:
         h, w = r.image_shape
@@ -142,7 +144,8 @@ def test_class_morphology():
             out.append(info["minor"] / info["major"])
         return np.mean(out)
 
-    assert aspect("fibroblast") < 0.4 < 0.85 < aspect("lymphocyte")
+    # spindles vs round cells (the real sample's thresholded fibroblasts are less eccentric than the v1 phantom's)
+    assert aspect("fibroblast") < 0.5 < 0.8 < aspect("lymphocyte")
     sizes = {c: np.median([2 * morphology.sample_outline(morphology.KINDS[c], rng)[2]["radius"] for _ in range(200)])
              for c in ("tumor", "lymphocyte")}
     assert sizes["tumor"] > 1.5 * sizes["lymphocyte"]  # tumor nuclei are large, lymphocytes small

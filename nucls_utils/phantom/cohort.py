@@ -3,7 +3,7 @@
 Everything is drawn from one ``numpy.random.SeedSequence(seed)``, spawned per hospital, slide, ROI and FOV, so the
 same (generator version, profile, seed) gives byte-identical files. Output folder::
 
-    rgb/ csv/ mask/ ALL_FOV_LOCATIONS.csv   the official layout; every true nucleus is a polyline
+    rgb/ csv/ mask/ ALL_FOV_LOCATIONS.csv   the official layout; annotations are boxes or traced outlines drawn around the true nuclei
     regions/<roi>.png, regions/region_codes.csv   tissue-region maps of the ROIs (codes in layout.REGION_CODES)
     truth/nuclei.csv   per nucleus: FOV, index in the CSV, class, region, centre, radius (ground truth extras)
     truth/fovs.csv     per FOV: hospital, slide, ROI and position in it, ROI archetype, focus, stain style
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
@@ -28,7 +29,7 @@ from ..io.atomic import atomic_dir, terminate_raises
 from ..io.dataset import FovRecord, Nucleus, validate_record, write_fov_files, write_fov_locations
 from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
 from ..io.naming import FovName, format_fov_name
-from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS
+from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS, POLYLINE_SHARE
 from .layout import REGION_CODES, REGION_NAMES, make_roi
 from .render import draw_stain_style, perturb_stain_style, render_crop
 
@@ -36,7 +37,7 @@ __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort"
            "cohort_is_current", "cohort_problem", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 #: Slide coordinates at base magnification are at 0.25 microns per pixel (40x), the RGB at 0.2: factor 0.8.
 BASE_PER_RGB_PX = 0.8
 
@@ -189,8 +190,10 @@ def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Genera
         if rl - pad <= cx <= rr + pad and rt - pad <= cy <= rb + pad and len(outlines[k][0]) >= 4:
             annotated.append(k)
     out_of_focus = bool(rng.random() < spec.out_of_focus_rate)
-    blur = float(rng.uniform(2.0, 3.0)) if out_of_focus else float(rng.uniform(0.6, 1.0))
-    image = render_crop(layout, crop, outlines, style, rng, blur_sigma=blur, noise_sd=float(rng.uniform(1.5, 3.0)))
+    blur = float(rng.uniform(2.0, 3.0)) if out_of_focus else float(rng.uniform(0.6, 1.1))
+    quality = int(rng.integers(70, 93))
+    image = render_crop(layout, crop, outlines, style, rng, blur_sigma=blur, noise_sd=float(rng.uniform(1.0, 2.5)),
+                        jpeg_quality=quality)
     name = format_fov_name(FovName(
         slide, item_id,
         left=roi_left + int(round(x0 * BASE_PER_RGB_PX)), top=roi_top + int(round(y0 * BASE_PER_RGB_PX)),
@@ -198,14 +201,49 @@ def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Genera
     nuclei, info = [], []
     for i, k in enumerate(annotated):
         nuc = layout.nuclei[k]
-        xs, ys = outlines[k]
-        nuclei.append(Nucleus.from_polygon(nuc.raw_class, xs.tolist(), ys.tolist()))
+        true = Nucleus.from_polygon(nuc.raw_class, *(v.tolist() for v in outlines[k]))
+        ann = _annotate(nuc, crop, np.random.default_rng([nuc.seed, 1]))
+        nuclei.append(ann if ann is not None else true)
         info.append({"fovname": name, "nucleus_index": i, "raw_class": nuc.raw_class,
                      "region": REGION_NAMES[nuc.region], "center_x": round(nuc.cx - x0, 2),
                      "center_y": round(nuc.cy - y0, 2), "radius_px": round(nuc.radius, 2),
-                     "area_px": nuclei[-1].area})
+                     "area_px": nuclei[-1].area, "true_area_px": true.area, "type": nuclei[-1].type})
     rec = FovRecord(name, (h, w), tuple(nuclei), (rl, rt, rr, rb))
-    return rec, image, {"out_of_focus": out_of_focus, "blur_sigma": round(blur, 3)}, info
+    return rec, image, {"out_of_focus": out_of_focus, "blur_sigma": round(blur, 3), "jpeg_quality": quality}, info
+
+
+def _annotate(nuc, crop: tuple[int, int, int, int], rng: np.random.Generator):
+    """What an annotator records for a true nucleus: a box drawn around it (two thirds of the core set) or a traced
+    boundary (:data:`~.calibration.POLYLINE_SHARE`) that is not the true outline: a little larger or smaller, with
+    clicked-vertex jitter and fewer vertices. ``None`` when the annotation collapses (the true outline is used)."""
+    x0, y0, x1, y1 = crop
+    w, h = x1 - x0, y1 - y0
+    if rng.random() >= POLYLINE_SHARE:
+        pad = np.rint(rng.normal(1.5, 1.5, 4)).clip(-1, 6)
+        bx0 = int(np.clip(np.floor(nuc.xs.min() - x0 - pad[0]), 0, w))
+        by0 = int(np.clip(np.floor(nuc.ys.min() - y0 - pad[1]), 0, h))
+        bx1 = int(np.clip(np.ceil(nuc.xs.max() - x0 + pad[2]), 0, w))
+        by1 = int(np.clip(np.ceil(nuc.ys.max() - y0 + pad[3]), 0, h))
+        if bx1 - bx0 < 2 or by1 - by0 < 2:
+            return None
+        return Nucleus.from_box(nuc.raw_class, bx0, by0, bx1, by1)
+    dx, dy = nuc.xs - nuc.cx, nuc.ys - nuc.cy
+    scale = 1.0 + rng.normal(0.03, 0.06)
+    n = len(dx)
+    jitter = ndi.gaussian_filter1d(rng.normal(0, 1.0, n), 1.0, mode="wrap")
+    r = np.hypot(dx, dy)
+    f = scale + jitter / np.maximum(r, 1.0)
+    keep = np.arange(int(rng.integers(0, 2)), n, 2) if n >= 16 else np.arange(n)
+    xs = nuc.cx - x0 + (dx * f)[keep]
+    ys = nuc.cy - y0 + (dy * f)[keep]
+    xi = np.clip(np.rint(xs), 0, w).astype(int)
+    yi = np.clip(np.rint(ys), 0, h).astype(int)
+    ok = np.ones(len(xi), bool)
+    ok[1:] = (np.diff(xi) != 0) | (np.diff(yi) != 0)
+    xi, yi = xi[ok], yi[ok]
+    if len(np.unique(np.stack([xi, yi], 1), axis=0)) < 3:
+        return None
+    return Nucleus.from_polygon(nuc.raw_class, np.append(xi, xi[0]).tolist(), np.append(yi, yi[0]).tolist())
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict | None:

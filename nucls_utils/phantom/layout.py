@@ -49,13 +49,13 @@ class RegionParams:
 
 REGION_PARAMS: dict[str, RegionParams] = {
     "tumor": RegionParams(1.25, {"tumor": 0.85, "mitotic_figure": 0.011, "lymphocyte": 0.045, "unlabeled": 0.07,
-                                 "apoptotic_body": 0.012, "macrophage": 0.01}, spacing=0.8, overlap_prob=0.05),
+                                 "apoptotic_body": 0.012, "macrophage": 0.01}, spacing=0.72, overlap_prob=0.12),
     "stroma": RegionParams(0.6, {"fibroblast": 0.58, "lymphocyte": 0.10, "plasma_cell": 0.06, "macrophage": 0.07,
                                   "unlabeled": 0.17, "vascular_endothelium": 0.01, "neutrophil": 0.007,
                                   "eosinophil": 0.003, "tumor": 0.027}, spacing=0.95),
     "lymphocytic_infiltrate": RegionParams(3.2, {"lymphocyte": 0.74, "plasma_cell": 0.09, "macrophage": 0.03,
-                                                 "unlabeled": 0.11, "fibroblast": 0.03}, spacing=0.8,
-                                           overlap_prob=0.03),
+                                                 "unlabeled": 0.11, "fibroblast": 0.03}, spacing=0.72,
+                                           overlap_prob=0.08),
     "plasmacytic_infiltrate": RegionParams(2.6, {"plasma_cell": 0.56, "lymphocyte": 0.28, "macrophage": 0.03,
                                                  "unlabeled": 0.1, "fibroblast": 0.03}, spacing=0.8,
                                            overlap_prob=0.02),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .calibration import CLASS_BOX_STATS
 
@@ -88,21 +89,21 @@ def _sd(cls: str, factor: float = 1.0) -> float:
 # ``size_px`` is the box side at 45 degrees; for elongated nuclei the box of a randomly oriented outline has a median
 # close to it. The factors below were tuned by Monte Carlo (tests/test_phantom_calibration.py checks the outcome).
 KINDS: dict[str, NucleusKind] = {
-    "tumor": NucleusKind("tumor", _size("tumor", 1.0), _sd("tumor", 0.92), (0.62, 0.95), irregularity=0.10,
-                         hema=0.9, chromatin="vesicular", nucleoli=2, cytoplasm=1.7, cytoplasm_eosin=0.32),
+    "tumor": NucleusKind("tumor", _size("tumor", 1.0), _sd("tumor", 0.92), (0.55, 0.95), irregularity=0.14,
+                         hema=0.6, chromatin="vesicular", nucleoli=2, cytoplasm=1.7, cytoplasm_eosin=0.32),
     "mitotic_figure": NucleusKind("mitotic_figure", _size("mitotic_figure", 0.95), _sd("mitotic_figure", 0.75),
                                   (0.45, 0.9), irregularity=0.22, hema=1.25, chromatin="clumped",
                                   cytoplasm=1.6, cytoplasm_eosin=0.28),
-    "fibroblast": NucleusKind("fibroblast", _size("fibroblast", 1.1), _sd("fibroblast", 0.55), (0.24, 0.42),
-                              irregularity=0.03, taper=0.8, bend=0.08, hema=0.75, chromatin="fine"),
+    "fibroblast": NucleusKind("fibroblast", _size("fibroblast", 1.1), _sd("fibroblast", 0.55), (0.28, 0.55),
+                              irregularity=0.06, taper=0.8, bend=0.08, hema=0.55, chromatin="fine"),
     "vascular_endothelium": NucleusKind("vascular_endothelium", _size("vascular_endothelium", 1.1),
                                         _sd("vascular_endothelium", 0.6), (0.25, 0.42), irregularity=0.03,
                                         taper=0.6, bend=0.25, hema=0.7, chromatin="fine"),
-    "lymphocyte": NucleusKind("lymphocyte", _size("lymphocyte", 1.02), _sd("lymphocyte", 0.97), (0.82, 1.0),
-                              irregularity=0.04, hema=0.95, chromatin="dense", cytoplasm=1.15,
+    "lymphocyte": NucleusKind("lymphocyte", _size("lymphocyte", 1.02), _sd("lymphocyte", 0.97), (0.72, 1.0),
+                              irregularity=0.07, hema=0.8, chromatin="dense", cytoplasm=1.15,
                               cytoplasm_eosin=0.08),
-    "plasma_cell": NucleusKind("plasma_cell", _size("plasma_cell", 1.0), _sd("plasma_cell", 0.97), (0.75, 0.95),
-                               irregularity=0.04, hema=0.9, chromatin="clockface", cytoplasm=1.9,
+    "plasma_cell": NucleusKind("plasma_cell", _size("plasma_cell", 1.0), _sd("plasma_cell", 0.97), (0.65, 0.92),
+                               irregularity=0.07, hema=1.0, chromatin="clockface", cytoplasm=1.9,
                                cytoplasm_eosin=0.3, eccentric=0.4, halo=True),
     "macrophage": NucleusKind("macrophage", _size("macrophage", 1.06), _sd("macrophage", 0.9), (0.55, 0.8),
                               irregularity=0.06, bean=0.28, hema=0.5, chromatin="pale", cytoplasm=1.8,
@@ -132,7 +133,7 @@ def box_equivalent_size(major: float, minor: float) -> float:
 
 
 def sample_outline(kind: NucleusKind, rng: np.random.Generator, angle: float | None = None,
-                   n_vertices: int = 24) -> tuple[np.ndarray, np.ndarray, dict]:
+                   n_vertices: int = 32) -> tuple[np.ndarray, np.ndarray, dict]:
     """One nucleus outline around the origin.
 
     Parameters
@@ -160,6 +161,8 @@ def sample_outline(kind: NucleusKind, rng: np.random.Generator, angle: float | N
     r = np.ones_like(t)
     for k in (2, 3, 4, 5):
         r += kind.irregularity / (k - 1) * rng.normal() * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    # fine roughness of the membrane (higher harmonics)
+    r += ndi.gaussian_filter1d(rng.normal(0, 0.35 * kind.irregularity + 0.01, n_vertices), 1.2, mode="wrap")
     if kind.lobes:
         r += kind.lobe_depth * 0.5 * np.cos(kind.lobes * t + rng.uniform(0, 2 * np.pi))
     if kind.bean:

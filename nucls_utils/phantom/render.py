@@ -26,6 +26,10 @@ __all__ = ["StainStyle", "draw_stain_style", "perturb_stain_style", "render_crop
 #: Reference optical-density vectors (R, G, B) of hematoxylin and eosin (Ruifrok & Johnston; HistomicsTK's map).
 BASE_H = np.array([0.65, 0.70, 0.29])
 BASE_E = np.array([0.07, 0.99, 0.11])
+#: Eosin as it renders in tissue: the reference vector with some blue absorption (fitted: the median optical-density
+#: direction of lightly stained tissue in the 17 real sample FOVs is about (0.41, 0.79, 0.42), the reference gives 0.29
+#: for blue). Together with :data:`_NEUTRAL_OD` it brings rendered tissue to that direction.
+TISSUE_E = np.array([0.16, 0.93, 0.33])
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,11 @@ class StainStyle:
     h_scale: float
     e_scale: float
     background: float  # I0, the light through an empty slide (0-255)
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the scanner's per-channel gain
 
     def as_dict(self) -> dict:
         return {"h_vector": list(self.h_vector), "e_vector": list(self.e_vector), "h_scale": self.h_scale,
-                "e_scale": self.e_scale, "background": self.background}
+                "e_scale": self.e_scale, "background": self.background, "white_balance": list(self.white_balance)}
 
 
 def _unit(v: np.ndarray) -> tuple[float, float, float]:
@@ -49,11 +54,14 @@ def _unit(v: np.ndarray) -> tuple[float, float, float]:
 
 
 def draw_stain_style(rng: np.random.Generator) -> StainStyle:
-    """A hospital's stain style: stain vectors rotated a little, intensities scaled (batch effects)."""
+    """A hospital's stain style: stain vectors rotated (hematoxylin from blue to purple), intensities scaled, the
+    scanner's white balance (batch effects)."""
+    purple = float(rng.uniform(0.0, 0.3))  # hematoxylin takes up some eosin's colour: purple rather than blue
+    h = BASE_H + purple * (BASE_E - BASE_H) * 0.5 + rng.normal(0, 0.04, 3)
     return StainStyle(
-        _unit(BASE_H + rng.normal(0, 0.045, 3)), _unit(BASE_E + rng.normal(0, 0.05, 3)),
-        float(np.clip(np.exp(rng.normal(0, 0.1)), 0.9, 1.18)), float(np.clip(np.exp(rng.normal(0, 0.15)), 0.72, 1.25)),
-        float(rng.uniform(236, 252)),
+        _unit(h), _unit(TISSUE_E + rng.normal(0, 0.05, 3)),
+        float(np.clip(np.exp(rng.normal(0, 0.12)), 0.85, 1.12)), float(np.clip(np.exp(rng.normal(0, 0.2)), 0.65, 1.35)),
+        float(rng.uniform(232, 252)), tuple(float(v) for v in np.clip(1 + rng.normal(0, 0.025, 3), 0.94, 1.06)),
     )
 
 
@@ -61,20 +69,23 @@ def perturb_stain_style(style: StainStyle, rng: np.random.Generator) -> StainSty
     """A slide's style: its hospital's, with a smaller perturbation."""
     return StainStyle(
         _unit(np.array(style.h_vector) + rng.normal(0, 0.02, 3)), _unit(np.array(style.e_vector) + rng.normal(0, 0.02, 3)),
-        float(np.clip(style.h_scale * np.exp(rng.normal(0, 0.05)), 0.9, 1.18)),
-        float(np.clip(style.e_scale * np.exp(rng.normal(0, 0.06)), 0.72, 1.25)),
-        float(np.clip(style.background + rng.normal(0, 2), 230, 254)),
+        float(np.clip(style.h_scale * np.exp(rng.normal(0, 0.05)), 0.85, 1.12)),
+        float(np.clip(style.e_scale * np.exp(rng.normal(0, 0.08)), 0.65, 1.35)),
+        float(np.clip(style.background + rng.normal(0, 2), 228, 254)), style.white_balance,
     )
 
 
 # overall hematoxylin gain: calibrated so that HistomicsTK stain unmixing of synthetic FOVs gives hematoxylin
 # densities in the range of the 17 real sample FOVs (tests/test_phantom.py)
-_H_GAIN = 1.12
+_H_GAIN = 1.0
+# grey absorption per unit of stain (section thickness, mounting medium, scatter): real H&E is less saturated than
+# two pure dyes (fitted to the same 17-FOV direction)
+_NEUTRAL_OD = 0.3
 
 # eosin (cytoplasm/matrix) and hematoxylin background level of each region
 _REGION_E = {"tumor": 0.17, "stroma": 0.16, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.12,
              "normal_ducts_other": 0.14, "necrosis_debris": 0.3}
-_REGION_H = {"tumor": 0.13, "stroma": 0.13, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
+_REGION_H = {"tumor": 0.2, "stroma": 0.13, "lymphocytic_infiltrate": 0.08, "plasmacytic_infiltrate": 0.08,
              "normal_ducts_other": 0.1, "necrosis_debris": 0.14}
 
 
@@ -99,9 +110,24 @@ def _fibres(rng: np.random.Generator, shape: tuple[int, int], angle: float) -> n
     return 1.0 / (1.0 + np.exp(-2.0 * f))
 
 
+def _cell_map(centres: np.ndarray, shape: tuple[int, int], reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voronoi cells around nucleus centres: ``(cell index or -1 beyond reach, distance to the cell's centre)``."""
+    h, w = shape
+    seeds = np.ones((h, w), bool)
+    idx = np.full((h, w), -1, np.int64)
+    cy = np.clip(np.rint(centres[:, 1]).astype(int), 0, h - 1)
+    cx = np.clip(np.rint(centres[:, 0]).astype(int), 0, w - 1)
+    seeds[cy, cx] = False
+    idx[cy, cx] = np.arange(len(centres))
+    dist, (iy, ix) = ndi.distance_transform_edt(seeds, return_indices=True)
+    cell = idx[iy, ix]
+    cell = np.where(dist <= reach[cell], cell, -1)
+    return cell, dist
+
+
 def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: dict[int, tuple[np.ndarray, np.ndarray]],
                 style: StainStyle, rng: np.random.Generator, *, blur_sigma: float = 0.8,
-                noise_sd: float = 2.0) -> np.ndarray:
+                noise_sd: float = 2.0, jpeg_quality: int | None = None) -> np.ndarray:
     """Render one crop of an ROI.
 
     Parameters
@@ -111,13 +137,16 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         The crop in ROI pixels.
     outlines : dict
         Index into ``layout.nuclei`` -> integer outline ``(xs, ys)`` in crop pixels, for every nucleus to draw
-        (the same outlines that become the ground truth).
+        (the true nucleus outlines; annotations are drawn from them, see cohort.py).
     style : StainStyle
     rng : numpy.random.Generator
     blur_sigma : float
-        Optical blur (pixels); about 2.5 for an out-of-focus FOV.
+        Optical blur (pixels) at the sharpest point; focus varies across the field up to about twice that.
+        About 2.5 for an out-of-focus FOV.
     noise_sd : float
         Sensor noise (intensity units).
+    jpeg_quality : int, optional
+        JPEG compression of the scanner (the TCGA slides are JPEG-compressed); ``None`` leaves it out.
 
     Returns
     -------
@@ -128,29 +157,65 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
     regions = layout.regions[y0:y1, x0:x1]
     E = np.zeros((h, w))
     H = np.zeros((h, w))
+    soft = {}
     for name, code in REGION_CODES.items():
         m = ndi.gaussian_filter((regions == code).astype(float), 2.0)
+        soft[name] = m
         E += _REGION_E[name] * m
         H += _REGION_H[name] * m
-    fine = _noise(rng, (h, w), 0.7)
-    coarse = _noise(rng, (h, w), 2.0)
+    fine = _noise(rng, (h, w), 1.2)
+    coarse = _noise(rng, (h, w), 3.0)
+    broad = _noise(rng, (h, w), 25.0)
+    # tissue density varies over the field (section thickness, fixation)
+    E *= np.exp(0.18 * broad)
     # stroma: collagen fibres with white clefts
     angle = float(layout.fibre_angle_at((x0 + x1) / 2, (y0 + y1) / 2))
     fib = _fibres(rng, (h, w), angle)
-    stromal = ndi.gaussian_filter(np.isin(regions, [REGION_CODES["stroma"], REGION_CODES["normal_ducts_other"]])
-                                  .astype(float), 2.0)
-    E += stromal * (0.2 * fib - 0.06 + 0.04 * fine)
-    E -= stromal * 0.08 * (fib < 0.08)
+    stromal = np.clip(soft["stroma"] + soft["normal_ducts_other"], 0, 1)
+    fibre_gain = float(rng.uniform(0.12, 0.3))
+    E += stromal * (fibre_gain * fib - 0.06 + 0.02 * coarse)
+    E -= stromal * 0.08 * (fib < float(rng.uniform(0.05, 0.15)))
     # necrosis: granular eosin and karyorrhectic hematoxylin dust
-    nec = ndi.gaussian_filter((regions == REGION_CODES["necrosis_debris"]).astype(float), 2.0)
+    nec = soft["necrosis_debris"]
     E += nec * 0.12 * coarse
-    H += nec * 0.5 * ndi.gaussian_filter((fine > 2.2).astype(float), 0.8)
-    # tumor nests: cytoplasm varies cell to cell, cell borders a little darker
-    tum = ndi.gaussian_filter((regions == REGION_CODES["tumor"]).astype(float), 2.0)
-    E += tum * 0.06 * coarse
+    H += nec * 0.5 * ndi.gaussian_filter((fine > 2.0).astype(float), 0.8)
+
+    # cells: every nucleus owns a Voronoi cell of cytoplasm (tumor nests, infiltrates); cell borders are membranes
+    # or retraction gaps
+    keys = list(outlines)
+    if keys:
+        cent = np.array([[layout.nuclei[k].cx - x0, layout.nuclei[k].cy - y0] for k in keys])
+        rad = np.array([layout.nuclei[k].radius for k in keys])
+        cyto_mult = np.array([max(KINDS[layout.nuclei[k].raw_class].cytoplasm, 1.2) for k in keys])
+        cell, dist = _cell_map(cent, (h, w), rad * cyto_mult * 1.25)
+        # membranes are not straight: warp the cell map with a smooth displacement
+        gy, gx = np.mgrid[:h, :w].astype(float)
+        cell = ndi.map_coordinates(cell, [gy + 3.0 * _noise(rng, (h, w), 7.0), gx + 3.0 * _noise(rng, (h, w), 7.0)],
+                                   order=0, mode="nearest")
+        inside = cell >= 0
+        level = np.array([KINDS[layout.nuclei[k].raw_class].cytoplasm_eosin for k in keys])
+        level = level * np.exp(rng.normal(0, 0.25, len(keys)))
+        pale = rng.random(len(keys)) < 0.25  # clear or vacuolated cytoplasm
+        level[pale] *= 0.45
+        cyt = np.where(inside, level[np.clip(cell, 0, None)], 0.0)
+        cyt = ndi.gaussian_filter(cyt, 1.0) * (1 + 0.25 * coarse)
+        epithelial = np.clip(soft["tumor"] + 0.6 * soft["lymphocytic_infiltrate"] + 0.6 * soft["plasmacytic_infiltrate"]
+                             + soft["normal_ducts_other"] * 0.5, 0, 1)
+        E = E * (1 - epithelial * inside) + np.maximum(E, cyt) * epithelial * inside
+        border = np.zeros((h, w), bool)
+        border[:, 1:] |= cell[:, 1:] != cell[:, :-1]
+        border[1:, :] |= cell[1:, :] != cell[:-1, :]
+        border &= inside | np.roll(inside, 1, 0) | np.roll(inside, 1, 1)
+        gap_cells = rng.random(len(keys)) < float(rng.uniform(0.1, 0.5))
+        gap = border & gap_cells[np.clip(cell, 0, None)] & inside
+        b = ndi.gaussian_filter(border.astype(float), 0.7)
+        g = ndi.gaussian_filter(ndi.binary_dilation(gap).astype(float), 1.0)
+        E += epithelial * 0.12 * b
+        E *= 1 - 0.8 * g * epithelial
+        H *= 1 - 0.6 * g * epithelial
     # retraction spaces and vacuoles: white gaps in nests and stroma
-    gaps = ndi.gaussian_filter(_noise(rng, (h, w), 6.0), 1.0) > 1.6
-    clear = 1.0 - 0.85 * ndi.gaussian_filter(gaps.astype(float), 1.5) * np.clip(tum + stromal, 0, 1)
+    gaps = ndi.gaussian_filter(_noise(rng, (h, w), 9.0), 1.0) > float(rng.uniform(1.0, 1.8))
+    clear = 1.0 - 0.85 * ndi.gaussian_filter(gaps.astype(float), 1.5) * np.clip(soft["tumor"] + stromal, 0, 1)
     E *= clear
     H *= clear
     # lumens of ducts and vessels are empty (vessels hold a few red cells)
@@ -166,32 +231,24 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
             E += 0.9 * lumen * (coarse > 0.6)
     E = np.clip(E, 0.0, None)
 
-    # nuclei (and their cytoplasm) -------------------------------------------------------------------------------
+    # nuclei ------------------------------------------------------------------------------------------------------
     Hn = np.zeros((h, w))
+    En = np.zeros((h, w))
     cover = np.zeros((h, w))
+    grain = _noise(rng, (h, w), 0.7)
     for k, (xs, ys) in outlines.items():
         nuc = layout.nuclei[k]
         kind = KINDS[nuc.raw_class]
         nr = np.random.default_rng(nuc.seed)
         cx, cy = nuc.cx - x0, nuc.cy - y0
         r = nuc.radius
-        if kind.cytoplasm > 0 and nuc.raw_class not in ("tumor", "mitotic_figure"):
-            rc = r * kind.cytoplasm
-            ang = nr.uniform(0, 2 * np.pi)
-            ccx, ccy = cx - kind.eccentric * rc * np.cos(ang), cy - kind.eccentric * rc * np.sin(ang)
-            bx0, bx1 = max(int(ccx - rc - 2), 0), min(int(ccx + rc + 3), w)
-            by0, by1 = max(int(ccy - rc - 2), 0), min(int(ccy + rc + 3), h)
+        if kind.halo:
+            bx0, bx1 = max(int(cx - 2 * r), 0), min(int(cx + 2 * r + 1), w)
+            by0, by1 = max(int(cy - 2 * r), 0), min(int(cy + 2 * r + 1), h)
             if bx1 > bx0 and by1 > by0:
                 py, px = np.mgrid[by0:by1, bx0:bx1]
-                dc = np.hypot(px - ccx, py - ccy)
-                cyto = 1.0 / (1.0 + np.exp((dc - rc) / 2.0))
-                add = kind.cytoplasm_eosin * cyto
-                if nuc.raw_class == "eosinophil":
-                    add *= 1 + 0.5 * (fine[by0:by1, bx0:bx1] > 0.5)
-                E[by0:by1, bx0:bx1] = np.maximum(E[by0:by1, bx0:bx1], add)
-                if kind.halo:
-                    dn = np.hypot(px - cx, py - cy)
-                    E[by0:by1, bx0:bx1] *= 1 - 0.6 * np.exp(-((dn - 1.15 * r) ** 2) / 4.0)
+                dn = np.hypot(px - cx, py - cy)
+                E[by0:by1, bx0:bx1] *= 1 - 0.5 * np.exp(-((dn - 1.2 * r) ** 2) / 5.0)
         rr, cc = polygon_pixels(xs, ys, (h, w))
         if rr.size == 0:
             continue
@@ -201,43 +258,63 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         d = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
         f = fine[by0:by1, bx0:bx1]
         g = coarse[by0:by1, bx0:bx1]
-        base = kind.hema * float(np.exp(nr.normal(0, 0.12)))
+        q = grain[by0:by1, bx0:bx1]
+        base = kind.hema * float(np.exp(nr.normal(0, 0.2)))
         ch = kind.chromatin
+        py, px = np.mgrid[by0:by1, bx0:bx1]
         if ch == "vesicular":
-            val = base * (0.6 + 0.45 * np.exp(-(d - 1) / 2.5) + 0.22 * g + 0.1 * f)
-            for _ in range(int(nr.integers(1, kind.nucleoli + 1))):
-                ny, nx = nr.uniform(0.3, 0.7) * m.shape[0], nr.uniform(0.3, 0.7) * m.shape[1]
-                py, px = np.mgrid[:m.shape[0], :m.shape[1]]
-                val += 0.9 * base * np.exp(-((py - ny) ** 2 + (px - nx) ** 2) / (2 * 1.3**2))
+            # pale, open chromatin with a darker membrane, coarse clumps and one or two nucleoli
+            rim = np.exp(-(d - 1) / float(nr.uniform(1.2, 2.2)))
+            val = base * (0.58 + 0.4 * rim + 0.16 * g + 0.12 * f + 0.28 * q + 0.25 * (q > 1.0))
+            for _ in range(int(nr.integers(0, kind.nucleoli + 1))):
+                ny, nx = cy + nr.normal(0, 0.25 * r), cx + nr.normal(0, 0.25 * r)
+                val += 0.7 * base * np.exp(-((py - ny) ** 2 + (px - nx) ** 2) / (2 * float(nr.uniform(1.0, 2.0)) ** 2))
         elif ch == "dense":
-            val = base * (0.95 + 0.1 * f)
+            val = base * (0.9 + 0.12 * f + 0.08 * g + 0.2 * q)
         elif ch == "clockface":
-            py, px = np.mgrid[by0:by1, bx0:bx1]
             theta = np.arctan2(py - cy, px - cx)
-            val = base * (0.55 + 0.6 * np.exp(-(d - 1) / 2.2) * (0.5 + 0.5 * np.cos(6 * theta + nr.uniform(0, 6)))
-                          + 0.1 * f)
+            val = base * (0.7 + 0.35 * np.exp(-(d - 1) / 2.5) * (0.5 + 0.5 * np.cos(5 * theta + nr.uniform(0, 6)))
+                          + 0.15 * f + 0.08 * q)
         elif ch == "clumped":
-            val = base * (0.55 + 0.6 / (1 + np.exp(-3 * g)) + 0.1 * f)
+            val = base * (0.45 + 0.7 / (1 + np.exp(-3 * g)) + 0.15 * f)
         elif ch == "pale":
-            val = base * (0.75 + 0.35 * np.exp(-(d - 1) / 1.5) + 0.15 * f)
+            val = base * (0.7 + 0.35 * np.exp(-(d - 1) / 1.5) + 0.2 * f + 0.1 * g)
         elif ch == "smudged":
-            val = base * (0.7 + 0.25 * g) * float(nr.uniform(0.6, 1.3))
+            val = base * (0.7 + 0.3 * g + 0.1 * f) * float(nr.uniform(0.6, 1.3))
         elif ch == "condensed":
-            val = base * (1.0 + 0.05 * f)
+            val = base * (1.0 + 0.08 * f)
         else:  # fine
-            val = base * (0.9 + 0.12 * f)
-        # soft edge: the outermost pixel is lighter
-        val = np.clip(val, 0.05, None) * np.clip(0.55 + 0.45 * d, 0.0, 1.0)
-        Hn[by0:by1, bx0:bx1] += np.where(m, val, 0.0)
+            val = base * (0.85 + 0.15 * f + 0.1 * g + 0.22 * q)
+        # soft edge: the outermost pixels are lighter
+        val = np.clip(val, 0.05, None) * np.clip(0.5 + 0.4 * d, 0.0, 1.0)
+        Hn[by0:by1, bx0:bx1] = np.maximum(Hn[by0:by1, bx0:bx1], np.where(m, val, 0.0))
+        En[by0:by1, bx0:bx1] = np.maximum(En[by0:by1, bx0:bx1], np.where(m, 0.1 + 0.05 * f, 0.0))
         cover[by0:by1, bx0:bx1] = np.maximum(cover[by0:by1, bx0:bx1], m)
-    H = H * (1 - cover) + ndi.gaussian_filter(Hn, 0.9)
-    E = E * (1 - 0.35 * cover)
+    cover_s = ndi.gaussian_filter(cover, 0.8)
+    H = H * (1 - cover_s) + ndi.gaussian_filter(Hn, 0.8)
+    E = E * (1 - 0.4 * cover_s) + ndi.gaussian_filter(En, 0.8)
 
     # Beer-Lambert ------------------------------------------------------------------------------------------------
     hv, ev = np.array(style.h_vector), np.array(style.e_vector)
-    od = (_H_GAIN * style.h_scale * H[..., None] * hv + style.e_scale * E[..., None] * ev + 0.02)
-    rgb = style.background * np.power(10.0, -od)
-    for c in range(3):
-        rgb[..., c] = ndi.gaussian_filter(rgb[..., c], blur_sigma)
+    od = (_H_GAIN * style.h_scale * H[..., None] * hv + style.e_scale * E[..., None] * ev + 0.02
+          + _NEUTRAL_OD * (0.5 * H + E)[..., None] / np.sqrt(3.0))
+    rgb = style.background * np.power(10.0, -od) * np.array(style.white_balance)
+    # focus varies across the field: a sharp and a blurred rendering blended by a smooth field
+    far = float(np.clip(blur_sigma * rng.uniform(1.3, 1.8), blur_sigma, 4.0))
+    wfield = np.clip(0.5 + 0.5 * _noise(rng, (h, w), 60.0), 0, 1)[..., None]
+    sharp = np.stack([ndi.gaussian_filter(rgb[..., c], blur_sigma) for c in range(3)], -1)
+    soft_img = np.stack([ndi.gaussian_filter(rgb[..., c], far) for c in range(3)], -1)
+    rgb = sharp * (1 - wfield) + soft_img * wfield
     rgb += rng.normal(0, noise_sd, rgb.shape)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    if jpeg_quality is not None:
+        import io as _io
+
+        from PIL import Image
+
+        buf = _io.BytesIO()
+        Image.fromarray(out).save(buf, format="JPEG", quality=int(jpeg_quality), subsampling=2)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out = np.asarray(im.convert("RGB")).copy()
+    return out
