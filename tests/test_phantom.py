@@ -56,8 +56,11 @@ def test_stain_densities_fall_within_the_real_range(cpu_cohort, sample_dir):
     assert len(syn) == 120
     for col in ("h_mean", "e_mean"):
         lo, hi = real[col].min(), real[col].max()
+        # 120 draws from the distribution of 17 real FOVs would put about 2/18 (11 %) of them outside the 17's
+        # range by chance; allow 5 %
         outside = syn[(syn[col] < lo) | (syn[col] > hi)]
-        assert outside.empty, f"{col}: {len(outside)} synthetic FOVs outside the real range [{lo:.1f}, {hi:.1f}]"
+        assert len(outside) <= 0.05 * len(syn), (f"{col}: {len(outside)} synthetic FOVs outside the real range "
+                                                  f"[{lo:.1f}, {hi:.1f}]")
         # and the synthetic cohort spreads over the range, as hospitals and slides differ
         assert syn[col].max() - syn[col].min() > 0.5 * (hi - lo)
 
@@ -182,8 +185,8 @@ def test_unknown_profile():
 def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     """Feature C2ST, per-class SMDs and the heuristic's F1 gap of the cpu cohort against the 17 real FOVs.
 
-    The bounds are the generator-v2 levels plus slack for noise (measured: C2ST AUROC 0.88, 18 of 28 |SMD| <= 0.5,
-    bootstrap F1 57 vs 40); issue 14's targets (C2ST <= 0.75, 80 % of |SMD| <= 0.5, F1 gap <= 5) are not met yet,
+    The bounds are the generator-v2 levels plus slack for noise (measured on generator 2.1: C2ST AUROC 0.85, 24 of 28
+    |SMD| <= 0.5, bootstrap F1 56 vs 40); issue 14's targets C2ST <= 0.75 and F1 gap <= 5 are not met yet (the SMD one is),
     and v1 scored 0.97, 18 % and a 31.5-point gap, which these bounds reject.
     """
     from nucls_utils.dtale import TABLE_S8_FEATURES
@@ -197,7 +200,7 @@ def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     auroc = realism.c2st_auroc(both[list(TABLE_S8_FEATURES)].to_numpy(), y, both["fovname"].to_numpy())
     assert auroc <= 0.92, auroc
     smd = realism.smd_table(syn, real)
-    assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).mean() >= 0.5, smd
+    assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).mean() >= 0.7, smd
     f1_syn = realism.bootstrap_detection(syn_records)["F1"]
     f1_real = realism.bootstrap_detection(real_records)["F1"]
     assert abs(f1_syn - f1_real) <= 22, (f1_syn, f1_real)

@@ -37,7 +37,7 @@ __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort"
            "cohort_is_current", "cohort_problem", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 #: Slide coordinates at base magnification are at 0.25 microns per pixel (40x), the RGB at 0.2: factor 0.8.
 BASE_PER_RGB_PX = 0.8
 
@@ -191,7 +191,7 @@ def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Genera
             annotated.append(k)
     out_of_focus = bool(rng.random() < spec.out_of_focus_rate)
     blur = float(rng.uniform(2.0, 3.0)) if out_of_focus else float(rng.uniform(0.6, 1.1))
-    quality = int(rng.integers(70, 93))
+    quality = int(rng.integers(60, 86))
     image = render_crop(layout, crop, outlines, style, rng, blur_sigma=blur, noise_sd=float(rng.uniform(1.0, 2.5)),
                         jpeg_quality=quality)
     name = format_fov_name(FovName(

@@ -60,7 +60,7 @@ def draw_stain_style(rng: np.random.Generator) -> StainStyle:
     h = BASE_H + purple * (BASE_E - BASE_H) * 0.5 + rng.normal(0, 0.04, 3)
     return StainStyle(
         _unit(h), _unit(TISSUE_E + rng.normal(0, 0.05, 3)),
-        float(np.clip(np.exp(rng.normal(0, 0.12)), 0.85, 1.12)), float(np.clip(np.exp(rng.normal(0, 0.2)), 0.65, 1.35)),
+        float(np.clip(np.exp(rng.normal(0, 0.12)), 0.85, 1.12)), float(np.clip(np.exp(rng.normal(0, 0.2)), 0.65, 1.25)),
         float(rng.uniform(232, 252)), tuple(float(v) for v in np.clip(1 + rng.normal(0, 0.025, 3), 0.94, 1.06)),
     )
 
@@ -70,7 +70,7 @@ def perturb_stain_style(style: StainStyle, rng: np.random.Generator) -> StainSty
     return StainStyle(
         _unit(np.array(style.h_vector) + rng.normal(0, 0.02, 3)), _unit(np.array(style.e_vector) + rng.normal(0, 0.02, 3)),
         float(np.clip(style.h_scale * np.exp(rng.normal(0, 0.05)), 0.85, 1.12)),
-        float(np.clip(style.e_scale * np.exp(rng.normal(0, 0.08)), 0.65, 1.35)),
+        float(np.clip(style.e_scale * np.exp(rng.normal(0, 0.08)), 0.65, 1.25)),
         float(np.clip(style.background + rng.normal(0, 2), 228, 254)), style.white_balance,
     )
 
@@ -172,7 +172,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
     angle = float(layout.fibre_angle_at((x0 + x1) / 2, (y0 + y1) / 2))
     fib = _fibres(rng, (h, w), angle)
     stromal = np.clip(soft["stroma"] + soft["normal_ducts_other"], 0, 1)
-    fibre_gain = float(rng.uniform(0.12, 0.3))
+    fibre_gain = float(rng.uniform(0.12, 0.25))
     E += stromal * (fibre_gain * fib - 0.06 + 0.02 * coarse)
     E -= stromal * 0.08 * (fib < float(rng.uniform(0.05, 0.15)))
     # necrosis: granular eosin and karyorrhectic hematoxylin dust
@@ -265,12 +265,12 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         if ch == "vesicular":
             # pale, open chromatin with a darker membrane, coarse clumps and one or two nucleoli
             rim = np.exp(-(d - 1) / float(nr.uniform(1.2, 2.2)))
-            val = base * (0.58 + 0.4 * rim + 0.16 * g + 0.12 * f + 0.28 * q + 0.25 * (q > 1.0))
+            val = base * (0.55 + 0.4 * rim + 0.2 * g + 0.18 * f + 0.4 * q + 0.3 * (q > 1.0))
             for _ in range(int(nr.integers(0, kind.nucleoli + 1))):
                 ny, nx = cy + nr.normal(0, 0.25 * r), cx + nr.normal(0, 0.25 * r)
                 val += 0.7 * base * np.exp(-((py - ny) ** 2 + (px - nx) ** 2) / (2 * float(nr.uniform(1.0, 2.0)) ** 2))
         elif ch == "dense":
-            val = base * (0.9 + 0.12 * f + 0.08 * g + 0.2 * q)
+            val = base * (0.9 + 0.15 * f + 0.1 * g + 0.3 * q)
         elif ch == "clockface":
             theta = np.arctan2(py - cy, px - cx)
             val = base * (0.7 + 0.35 * np.exp(-(d - 1) / 2.5) * (0.5 + 0.5 * np.cos(5 * theta + nr.uniform(0, 6)))
@@ -302,9 +302,14 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
     # focus varies across the field: a sharp and a blurred rendering blended by a smooth field
     far = float(np.clip(blur_sigma * rng.uniform(1.3, 1.8), blur_sigma, 4.0))
     wfield = np.clip(0.5 + 0.5 * _noise(rng, (h, w), 60.0), 0, 1)[..., None]
-    sharp = np.stack([ndi.gaussian_filter(rgb[..., c], blur_sigma) for c in range(3)], -1)
-    soft_img = np.stack([ndi.gaussian_filter(rgb[..., c], far) for c in range(3)], -1)
+    # line-scan optics blur the two axes differently
+    aniso = float(rng.uniform(0.65, 1.0))
+    sharp = np.stack([ndi.gaussian_filter(rgb[..., c], (blur_sigma * aniso, blur_sigma)) for c in range(3)], -1)
+    soft_img = np.stack([ndi.gaussian_filter(rgb[..., c], (far * aniso, far)) for c in range(3)], -1)
     rgb = sharp * (1 - wfield) + soft_img * wfield
+    # the scanner sharpens (unsharp mask), which makes edges crisp and gradients heavy-tailed
+    amount = float(rng.uniform(0.1, 0.5))
+    rgb = rgb + amount * (rgb - np.stack([ndi.gaussian_filter(rgb[..., c], 1.5) for c in range(3)], -1))
     rgb += rng.normal(0, noise_sd, rgb.shape)
     out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     if jpeg_quality is not None:
