@@ -263,6 +263,12 @@ def test_classification_loss_ignores_ambiguous():
     assert torch.count_nonzero(logits2.grad) == 0
     assert box_only.item() > 0
 
+    # no foreground row at all (a crop whose proposals all missed): box loss 0, classification loss on background
+    none_fg = torch.zeros(12, dtype=torch.long)
+    cls_bg, box_bg = rh._detection_losses(logits.detach(), deltas, none_fg, reg)
+    assert box_bg.item() == 0.0
+    torch.testing.assert_close(cls_bg, F.cross_entropy(logits.detach(), none_fg), atol=1e-6, rtol=0)
+
 
 def test_classification_loss_class_weights():
     """Weighted cross-entropy over the non-ambiguous rows, as torch's own weighted mean; None is unweighted."""

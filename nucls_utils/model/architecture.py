@@ -208,7 +208,7 @@ class NucleusRoIHeads(_roi_heads_base()):
 
     def _deltas_for(self, deltas: Tensor, labels: Tensor) -> Tensor:
         """The 4 regression outputs of each row for its label (foreground column when class-agnostic)."""
-        deltas = deltas.reshape(deltas.shape[0], -1, 4)
+        deltas = deltas.reshape(deltas.shape[0], deltas.shape[-1] // 4, 4)  # explicit: a batch may hold no row
         if self.class_agnostic:
             return deltas[:, 1]
         return deltas[torch.arange(deltas.shape[0], device=deltas.device), labels]
