@@ -194,10 +194,8 @@ def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
 
     syn_records, real_records = nio.read_dataset(cpu_cohort), nio.read_dataset(sample_dir)
     syn, real = realism.nucleus_table(syn_records), realism.nucleus_table(real_records)
-    s_rows, r_rows = realism.class_matched_sample(syn["raw_class"], real["raw_class"], np.random.default_rng(0))
-    both = pd.concat([syn.iloc[s_rows], real.iloc[r_rows]], ignore_index=True)
-    y = np.r_[np.zeros(len(s_rows), int), np.ones(len(r_rows), int)]
-    auroc = realism.c2st_auroc(both[list(TABLE_S8_FEATURES)].to_numpy(), y, both["fovname"].to_numpy())
+    both, y, groups, _, _ = realism.matched_pairs(syn, real, seed=0)
+    auroc = realism.c2st_auroc(both[list(TABLE_S8_FEATURES)].to_numpy(), y, groups)
     assert auroc <= 0.92, auroc
     smd = realism.smd_table(syn, real)
     assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).mean() >= 0.7, smd

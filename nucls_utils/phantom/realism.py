@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 from ..io.dataset import FovRecord
 
 __all__ = ["SMD_FEATURES", "SMD_CLASSES", "C2ST_GROUPS", "RealismReport", "nucleus_label_image",
-           "nucleus_table", "class_matched_sample", "n_folds", "c2st_auroc", "nucleus_patches", "patch_c2st_auroc",
+           "nucleus_table", "class_matched_sample", "matched_pairs", "n_folds", "c2st_auroc", "nucleus_patches", "patch_c2st_auroc",
            "smd_table", "bootstrap_detection", "image_statistics", "realism_report", "TARGETS", "GOALS"]
 
 #: Features of the standardised-mean-difference table (HistomicsTK names) and their short labels.
@@ -430,18 +430,25 @@ def realism_report(synthetic: Sequence[FovRecord], real: Sequence[FovRecord], *,
         return _realism_report(synthetic, real, seed=seed, patch_epochs=patch_epochs, progress=progress)
 
 
+def matched_pairs(synthetic: pd.DataFrame, real: pd.DataFrame, *, seed: int = 0):
+    """The class-matched two-sample set of two :func:`nucleus_table` frames (:func:`class_matched_sample`).
+
+    Returns ``(both, y, groups, synthetic_rows, real_rows)``: the synthetic then the real rows with a ``dataset``
+    column, ``y`` (1 = real), the FOV of each row, and the positions taken from each frame.
+    """
+    s_rows, r_rows = class_matched_sample(synthetic["raw_class"], real["raw_class"], np.random.default_rng(seed))
+    both = pd.concat([synthetic.iloc[s_rows].assign(dataset="synthetic"), real.iloc[r_rows].assign(dataset="real")],
+                     ignore_index=True)
+    return both, (both["dataset"] == "real").to_numpy().astype(int), both["fovname"].to_numpy(), s_rows, r_rows
+
+
 def _realism_report(synthetic: Sequence[FovRecord], real: Sequence[FovRecord], *, seed: int, patch_epochs: int,
                     progress: bool) -> RealismReport:
     from ..dtale import FEATURE_GROUPS, TABLE_S8_FEATURES
 
-    rng = np.random.default_rng(seed)
     syn_tab = nucleus_table(synthetic, progress=progress, desc="features (synthetic)")
     real_tab = nucleus_table(real, progress=progress, desc="features (real)")
-    s_rows, r_rows = class_matched_sample(syn_tab["raw_class"], real_tab["raw_class"], rng)
-    both = pd.concat([syn_tab.iloc[s_rows].assign(dataset="synthetic"), real_tab.iloc[r_rows].assign(dataset="real")],
-                     ignore_index=True)
-    y = (both["dataset"] == "real").to_numpy().astype(int)
-    groups = both["fovname"].to_numpy()
+    both, y, groups, s_rows, r_rows = matched_pairs(syn_tab, real_tab, seed=seed)
     k = n_folds(y, groups)
     note = "" if k >= 2 else (f"not run: {len(set(groups[y == 0]))} synthetic and {len(set(groups[y == 1]))} real "
                               "FOVs in the class-matched sample; a FOV-grouped test needs at least 2 on each side")
