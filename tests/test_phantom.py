@@ -185,9 +185,9 @@ def test_unknown_profile():
 def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     """Feature C2ST, per-class SMDs and the heuristic's F1 gap of the cpu cohort against the 17 real FOVs.
 
-    The bounds are the generator-v2 levels plus slack for noise (measured on generator 2.1: C2ST AUROC 0.85, 24 of 28
-    |SMD| <= 0.5, bootstrap F1 56 vs 40); issue 14's targets C2ST <= 0.75 and F1 gap <= 5 are not met yet (the SMD one is),
-    and v1 scored 0.97, 18 % and a 31.5-point gap, which these bounds reject.
+    The bounds are the generator-2.2 levels plus slack for noise (measured on 2.2: C2ST AUROC 0.857, 22 of 28
+    |SMD| <= 0.5, bootstrap F1 44.3 vs 40.1); issue 14's C2ST <= 0.75 target is not met yet and the SMD one (80 %) is
+    just missed; generator 1.0 scored 0.97, 18 % and a 31.5-point gap and 2.1 a 15.8-point gap, which these reject.
     """
     from nucls_utils.dtale import TABLE_S8_FEATURES
     from nucls_utils.phantom import realism
@@ -201,4 +201,4 @@ def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).mean() >= 0.7, smd
     f1_syn = realism.bootstrap_detection(syn_records)["F1"]
     f1_real = realism.bootstrap_detection(real_records)["F1"]
-    assert abs(f1_syn - f1_real) <= 22, (f1_syn, f1_real)
+    assert abs(f1_syn - f1_real) <= 9, (f1_syn, f1_real)

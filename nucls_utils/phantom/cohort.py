@@ -37,7 +37,7 @@ __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort"
            "cohort_is_current", "cohort_problem", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
-GENERATOR_VERSION = "2.1.0"
+GENERATOR_VERSION = "2.2.0"
 #: Slide coordinates at base magnification are at 0.25 microns per pixel (40x), the RGB at 0.2: factor 0.8.
 BASE_PER_RGB_PX = 0.8
 
@@ -219,7 +219,7 @@ def _annotate(nuc, crop: tuple[int, int, int, int], rng: np.random.Generator):
     x0, y0, x1, y1 = crop
     w, h = x1 - x0, y1 - y0
     if rng.random() >= POLYLINE_SHARE:
-        pad = np.rint(rng.normal(1.5, 1.5, 4)).clip(-1, 6)
+        pad = np.rint(rng.normal(-0.5, 1.5, 4)).clip(-2, 6)
         bx0 = int(np.clip(np.floor(nuc.xs.min() - x0 - pad[0]), 0, w))
         by0 = int(np.clip(np.floor(nuc.ys.min() - y0 - pad[1]), 0, h))
         bx1 = int(np.clip(np.ceil(nuc.xs.max() - x0 + pad[2]), 0, w))

@@ -45,20 +45,21 @@ class RegionParams:
     mix: dict[str, float]
     spacing: float  # minimum centre distance as a multiple of the sum of the two radii
     overlap_prob: float = 0.0  # chance that a candidate is kept regardless of spacing (touching/overlap)
+    chain: float = 0.0  # chance that a fibroblast sits end to end with the previous one (streams of spindle cells)
 
 
 REGION_PARAMS: dict[str, RegionParams] = {
-    "tumor": RegionParams(1.25, {"tumor": 0.85, "mitotic_figure": 0.011, "lymphocyte": 0.045, "unlabeled": 0.07,
+    "tumor": RegionParams(1.18, {"tumor": 0.85, "mitotic_figure": 0.011, "lymphocyte": 0.045, "unlabeled": 0.07,
                                  "apoptotic_body": 0.012, "macrophage": 0.01}, spacing=0.72, overlap_prob=0.12),
-    "stroma": RegionParams(0.6, {"fibroblast": 0.58, "lymphocyte": 0.10, "plasma_cell": 0.06, "macrophage": 0.07,
+    "stroma": RegionParams(0.72, {"fibroblast": 0.64, "lymphocyte": 0.10, "plasma_cell": 0.06, "macrophage": 0.07,
                                   "unlabeled": 0.17, "vascular_endothelium": 0.01, "neutrophil": 0.007,
-                                  "eosinophil": 0.003, "tumor": 0.027}, spacing=0.95),
-    "lymphocytic_infiltrate": RegionParams(3.2, {"lymphocyte": 0.74, "plasma_cell": 0.09, "macrophage": 0.03,
-                                                 "unlabeled": 0.11, "fibroblast": 0.03}, spacing=0.72,
-                                           overlap_prob=0.08),
-    "plasmacytic_infiltrate": RegionParams(2.6, {"plasma_cell": 0.56, "lymphocyte": 0.28, "macrophage": 0.03,
-                                                 "unlabeled": 0.1, "fibroblast": 0.03}, spacing=0.8,
-                                           overlap_prob=0.02),
+                                  "eosinophil": 0.003, "tumor": 0.027}, spacing=0.95, chain=0.8),
+    "lymphocytic_infiltrate": RegionParams(2.6, {"lymphocyte": 0.74, "plasma_cell": 0.09, "macrophage": 0.03,
+                                                 "unlabeled": 0.11, "fibroblast": 0.03}, spacing=0.62,
+                                           overlap_prob=0.15),
+    "plasmacytic_infiltrate": RegionParams(2.1, {"plasma_cell": 0.56, "lymphocyte": 0.28, "macrophage": 0.03,
+                                                 "unlabeled": 0.1, "fibroblast": 0.03}, spacing=0.65,
+                                           overlap_prob=0.1),
     "normal_ducts_other": RegionParams(0.25, {"fibroblast": 0.5, "lymphocyte": 0.3, "unlabeled": 0.2}, spacing=1.0),
     "necrosis_debris": RegionParams(1.0, {"unlabeled": 0.62, "apoptotic_body": 0.1, "neutrophil": 0.04,
                                           "tumor": 0.14, "lymphocyte": 0.1}, spacing=0.8, overlap_prob=0.05),
@@ -255,8 +256,25 @@ def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[PlacedNuc
         probs = np.array([p.mix[c] for c in classes])
         cls = rng.choice(len(classes), size=n, p=probs / probs.sum())
         jitter = rng.uniform(0, 1, size=(n, 2))
-        for x, y, c, (jx, jy) in zip(xs, ys, cls, jitter, strict=True):
-            cands.append((x + jx, y + jy, classes[c], code, p))
+        xs, ys = xs + jitter[:, 0], ys + jitter[:, 1]
+        if p.chain > 0:
+            # spindle cells run in streams: some sit end to end with the previous one along the fibres
+            spindle = np.flatnonzero(np.array(classes)[cls] == "fibroblast")
+            follow = rng.random(spindle.size) < p.chain
+            step = rng.uniform(1.0, 1.25, spindle.size) * KINDS["fibroblast"].size_px * 1.25
+            side = rng.choice([-1.0, 1.0], spindle.size)
+            for a in range(1, spindle.size):
+                if not follow[a]:
+                    continue
+                if follow[a - 1]:
+                    side[a] = side[a - 1]  # a stream goes on in one direction, not back onto its first cell
+                i, j = spindle[a], spindle[a - 1]
+                theta = layout.fibre_angle_at(xs[j], ys[j])
+                nx, ny = xs[j] + side[a] * step[a] * np.cos(theta), ys[j] + side[a] * step[a] * np.sin(theta)
+                if 0 <= nx < size and 0 <= ny < size and layout.regions[int(ny), int(nx)] == code:
+                    xs[i], ys[i] = nx, ny
+        for x, y, c in zip(xs, ys, cls, strict=True):
+            cands.append((x, y, classes[c], code, p))
     order = rng.permutation(len(cands))
     # lumens of ducts and vessels stay empty
     lumens = [(s.cx, s.cy, s.lumen) for s in layout.structures]

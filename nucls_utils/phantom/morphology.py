@@ -51,6 +51,10 @@ class NucleusKind:
         Cytoplasm radius as a multiple of the nucleus radius (0 = none drawn).
     cytoplasm_eosin : float
         Eosin concentration of that cytoplasm.
+    cytoplasm_hema : float
+        Hematoxylin of that cytoplasm (the basophilic, RNA-rich cytoplasm of plasma cells; a little for macrophages).
+    tail : float
+        Length of the tapering cytoplasmic processes of a spindle cell, as a multiple of its half-length (0 = none).
     eccentric : float
         Offset of the nucleus within its cytoplasm (fraction of the cytoplasm radius).
     halo : bool
@@ -72,6 +76,8 @@ class NucleusKind:
     nucleoli: int = 0
     cytoplasm: float = 0.0
     cytoplasm_eosin: float = 0.0
+    cytoplasm_hema: float = 0.0
+    tail: float = 0.0
     eccentric: float = 0.0
     halo: bool = False
 
@@ -95,19 +101,19 @@ KINDS: dict[str, NucleusKind] = {
                                   (0.45, 0.9), irregularity=0.22, hema=1.25, chromatin="clumped",
                                   cytoplasm=1.6, cytoplasm_eosin=0.28),
     "fibroblast": NucleusKind("fibroblast", _size("fibroblast", 1.1), _sd("fibroblast", 0.55), (0.33, 0.65),
-                              irregularity=0.1, taper=0.8, bend=0.08, hema=0.55, chromatin="fine"),
+                              irregularity=0.1, taper=0.8, bend=0.08, hema=0.55, chromatin="fine", tail=2.5),
     "vascular_endothelium": NucleusKind("vascular_endothelium", _size("vascular_endothelium", 1.1),
                                         _sd("vascular_endothelium", 0.6), (0.25, 0.42), irregularity=0.03,
-                                        taper=0.6, bend=0.25, hema=0.7, chromatin="fine"),
+                                        taper=0.6, bend=0.25, hema=0.7, chromatin="fine", tail=1.5),
     "lymphocyte": NucleusKind("lymphocyte", _size("lymphocyte", 1.02), _sd("lymphocyte", 0.97), (0.72, 1.0),
                               irregularity=0.07, hema=0.8, chromatin="dense", cytoplasm=1.15,
                               cytoplasm_eosin=0.08),
     "plasma_cell": NucleusKind("plasma_cell", _size("plasma_cell", 1.0), _sd("plasma_cell", 0.97), (0.65, 0.92),
                                irregularity=0.09, hema=0.85, chromatin="clockface", cytoplasm=1.9,
-                               cytoplasm_eosin=0.3, eccentric=0.4, halo=True),
+                               cytoplasm_eosin=0.3, cytoplasm_hema=0.22, eccentric=0.4, halo=True),
     "macrophage": NucleusKind("macrophage", _size("macrophage", 1.06), _sd("macrophage", 0.9), (0.55, 0.8),
                               irregularity=0.06, bean=0.28, hema=0.5, chromatin="pale", cytoplasm=1.8,
-                              cytoplasm_eosin=0.13),
+                              cytoplasm_eosin=0.13, cytoplasm_hema=0.13),
     "neutrophil": NucleusKind("neutrophil", _size("neutrophil", 0.98), _sd("neutrophil", 0.9), (0.75, 0.95),
                               irregularity=0.03, lobes=3, lobe_depth=0.38, hema=1.0, chromatin="dense",
                               cytoplasm=1.5, cytoplasm_eosin=0.18),

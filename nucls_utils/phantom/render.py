@@ -174,6 +174,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
     stromal = np.clip(soft["stroma"] + soft["normal_ducts_other"], 0, 1)
     fibre_gain = float(rng.uniform(0.12, 0.25))
     E += stromal * (fibre_gain * fib - 0.06 + 0.02 * coarse)
+    H += stromal * float(rng.uniform(0.02, 0.08)) * fib  # collagen takes up a little hematoxylin (purple fibres)
     E -= stromal * 0.08 * (fib < float(rng.uniform(0.05, 0.15)))
     # necrosis: granular eosin and karyorrhectic hematoxylin dust
     nec = soft["necrosis_debris"]
@@ -202,6 +203,11 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         epithelial = np.clip(soft["tumor"] + 0.6 * soft["lymphocytic_infiltrate"] + 0.6 * soft["plasmacytic_infiltrate"]
                              + soft["normal_ducts_other"] * 0.5, 0, 1)
         E = E * (1 - epithelial * inside) + np.maximum(E, cyt) * epithelial * inside
+        # basophilic cytoplasm (plasma cells, macrophages): hematoxylin around the nucleus, which joins crowded cells
+        # for a threshold
+        hlevel = np.array([KINDS[layout.nuclei[k].raw_class].cytoplasm_hema for k in keys])
+        hlevel = hlevel * np.exp(rng.normal(0, 0.3, len(keys)))
+        H += ndi.gaussian_filter(np.where(inside, hlevel[np.clip(cell, 0, None)], 0.0), 1.5)
         border = np.zeros((h, w), bool)
         border[:, 1:] |= cell[:, 1:] != cell[:, :-1]
         border[1:, :] |= cell[1:, :] != cell[:-1, :]
@@ -229,6 +235,32 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         H *= 1 - 0.9 * lumen
         if s.kind == "vessel":
             E += 0.9 * lumen * (coarse > 0.6)
+    # spindle cells (fibroblasts, endothelium): tapering purple processes along the long axis, which join
+    # neighbouring cells into streams
+    for k in outlines:
+        nuc = layout.nuclei[k]
+        kind = KINDS[nuc.raw_class]
+        if kind.tail <= 0:
+            continue
+        cx, cy = nuc.cx - x0, nuc.cy - y0
+        ca, sa = np.cos(nuc.angle), np.sin(nuc.angle)
+        u_n = (nuc.xs - nuc.cx) * ca + (nuc.ys - nuc.cy) * sa
+        v_n = -(nuc.xs - nuc.cx) * sa + (nuc.ys - nuc.cy) * ca
+        half, width = float(np.ptp(u_n)) / 2, max(float(np.ptp(v_n)) / 2, 1.0)
+        length = half * (1 + kind.tail * float(rng.uniform(0.5, 1.5)))
+        reach = int(length + 3 * width) + 1
+        bx0, bx1 = max(int(cx) - reach, 0), min(int(cx) + reach + 1, w)
+        by0, by1 = max(int(cy) - reach, 0), min(int(cy) + reach + 1, h)
+        if bx1 <= bx0 or by1 <= by0:
+            continue
+        py, px = np.mgrid[by0:by1, bx0:bx1].astype(float)
+        u = (px - cx) * ca + (py - cy) * sa
+        v = -(px - cx) * sa + (py - cy) * ca
+        along = np.clip(1 - np.abs(u) / length, 0, 1)
+        streak = along ** 1.5 * np.exp(-0.5 * (v / (0.7 * width * (0.4 + 0.6 * along))) ** 2)
+        amp = kind.hema * float(rng.uniform(0.25, 0.55))
+        H[by0:by1, bx0:bx1] += amp * streak
+        E[by0:by1, bx0:bx1] += 0.1 * streak
     E = np.clip(E, 0.0, None)
 
     # nuclei ------------------------------------------------------------------------------------------------------
@@ -274,7 +306,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         elif ch == "clockface":
             theta = np.arctan2(py - cy, px - cx)
             val = base * (0.7 + 0.35 * np.exp(-(d - 1) / 2.5) * (0.5 + 0.5 * np.cos(5 * theta + nr.uniform(0, 6)))
-                          + 0.15 * f + 0.08 * q)
+                          + 0.15 * f + 0.25 * q)
         elif ch == "clumped":
             val = base * (0.45 + 0.7 / (1 + np.exp(-3 * g)) + 0.15 * f)
         elif ch == "pale":
@@ -284,7 +316,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         elif ch == "condensed":
             val = base * (1.0 + 0.08 * f)
         else:  # fine
-            val = base * (0.85 + 0.15 * f + 0.1 * g + 0.22 * q)
+            val = base * (0.85 + 0.15 * f + 0.1 * g + 0.4 * q)
         # soft edge: the outermost pixels are lighter
         val = np.clip(val, 0.05, None) * np.clip(0.5 + 0.4 * d, 0.0, 1.0)
         Hn[by0:by1, bx0:bx1] = np.maximum(Hn[by0:by1, bx0:bx1], np.where(m, val, 0.0))
