@@ -185,9 +185,10 @@ def test_unknown_profile():
 def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     """Feature C2ST, per-class SMDs and the heuristic's F1 gap of the cpu cohort against the 17 real FOVs.
 
-    The bounds are the generator-2.2 levels plus slack for noise (measured on 2.2: C2ST AUROC 0.857, 22 of 28
-    |SMD| <= 0.5, bootstrap F1 44.3 vs 40.1); issue 14's C2ST <= 0.75 target is not met yet and the SMD one (80 %) is
-    just missed; generator 1.0 scored 0.97, 18 % and a 31.5-point gap and 2.1 a 15.8-point gap, which these reject.
+    The bounds are the generator-2.2 levels plus slack for noise (measured on 2.2: C2ST AUROC 0.85, 22 of 28
+    |SMD| <= 0.5, bootstrap F1 46.0 vs 40.1); issue 14's targets C2ST <= 0.75, 80 % of |SMD| <= 0.5 and an F1 gap
+    <= 5 are not met yet; generator 1.0 scored 0.97, 18 % and a 31.5-point gap and 2.1 a 15.8-point gap, which these
+    bounds reject.
     """
     from nucls_utils.dtale import TABLE_S8_FEATURES
     from nucls_utils.phantom import realism

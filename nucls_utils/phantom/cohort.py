@@ -219,7 +219,7 @@ def _annotate(nuc, crop: tuple[int, int, int, int], rng: np.random.Generator):
     x0, y0, x1, y1 = crop
     w, h = x1 - x0, y1 - y0
     if rng.random() >= POLYLINE_SHARE:
-        pad = np.rint(rng.normal(-0.5, 1.5, 4)).clip(-2, 6)
+        pad = np.rint(rng.normal(-1.0, 1.5, 4)).clip(-3, 6)
         bx0 = int(np.clip(np.floor(nuc.xs.min() - x0 - pad[0]), 0, w))
         by0 = int(np.clip(np.floor(nuc.ys.min() - y0 - pad[1]), 0, h))
         bx1 = int(np.clip(np.ceil(nuc.xs.max() - x0 + pad[2]), 0, w))

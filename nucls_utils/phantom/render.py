@@ -258,7 +258,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         v = -(px - cx) * sa + (py - cy) * ca
         along = np.clip(1 - np.abs(u) / length, 0, 1)
         streak = along ** 1.5 * np.exp(-0.5 * (v / (0.7 * width * (0.4 + 0.6 * along))) ** 2)
-        amp = kind.hema * float(rng.uniform(0.25, 0.55))
+        amp = kind.hema * float(rng.uniform(0.15, 0.33))
         H[by0:by1, bx0:bx1] += amp * streak
         E[by0:by1, bx0:bx1] += 0.1 * streak
     E = np.clip(E, 0.0, None)
