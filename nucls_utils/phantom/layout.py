@@ -261,6 +261,8 @@ def _place_nuclei(rng: np.random.Generator, layout: RoiLayout) -> list[PlacedNuc
             # spindle cells run in streams: some sit end to end with the previous one along the fibres
             spindle = np.flatnonzero(np.array(classes)[cls] == "fibroblast")
             follow = rng.random(spindle.size) < p.chain
+            # centre-to-centre step: 1.25 box sizes is about one long axis at the fibroblast's median aspect (0.5),
+            # so neighbours in a stream touch end to end or leave a gap of up to a quarter of a nucleus
             step = rng.uniform(1.0, 1.25, spindle.size) * KINDS["fibroblast"].size_px * 1.25
             side = rng.choice([-1.0, 1.0], spindle.size)
             for a in range(1, spindle.size):
