@@ -55,6 +55,8 @@ class NucleusKind:
         Hematoxylin of that cytoplasm (the basophilic, RNA-rich cytoplasm of plasma cells; a little for macrophages).
     tail : float
         Length of the tapering cytoplasmic processes of a spindle cell, as a multiple of its half-length (0 = none).
+    tail_hema : float
+        Hematoxylin of those processes at their base is ``tail_hema`` times 0.25-0.55.
     eccentric : float
         Offset of the nucleus within its cytoplasm (fraction of the cytoplasm radius).
     halo : bool
@@ -78,6 +80,7 @@ class NucleusKind:
     cytoplasm_eosin: float = 0.0
     cytoplasm_hema: float = 0.0
     tail: float = 0.0
+    tail_hema: float = 0.0
     eccentric: float = 0.0
     halo: bool = False
 
@@ -101,10 +104,12 @@ KINDS: dict[str, NucleusKind] = {
                                   (0.45, 0.9), irregularity=0.22, hema=1.25, chromatin="clumped",
                                   cytoplasm=1.6, cytoplasm_eosin=0.28),
     "fibroblast": NucleusKind("fibroblast", _size("fibroblast", 1.1), _sd("fibroblast", 0.55), (0.33, 0.65),
-                              irregularity=0.1, taper=0.8, bend=0.08, hema=0.55, chromatin="fine", tail=2.5),
+                              irregularity=0.1, taper=0.8, bend=0.08, hema=0.66, chromatin="fine", tail=2.5,
+                              tail_hema=0.55),
     "vascular_endothelium": NucleusKind("vascular_endothelium", _size("vascular_endothelium", 1.1),
                                         _sd("vascular_endothelium", 0.6), (0.25, 0.42), irregularity=0.03,
-                                        taper=0.6, bend=0.25, hema=0.7, chromatin="fine", tail=1.5),
+                                        taper=0.6, bend=0.25, hema=0.7, chromatin="fine", tail=1.5,
+                                        tail_hema=0.7),
     "lymphocyte": NucleusKind("lymphocyte", _size("lymphocyte", 1.02), _sd("lymphocyte", 0.97), (0.72, 1.0),
                               irregularity=0.07, hema=0.8, chromatin="dense", cytoplasm=1.15,
                               cytoplasm_eosin=0.08),

@@ -247,7 +247,8 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         u_n = (nuc.xs - nuc.cx) * ca + (nuc.ys - nuc.cy) * sa
         v_n = -(nuc.xs - nuc.cx) * sa + (nuc.ys - nuc.cy) * ca
         half, width = float(np.ptp(u_n)) / 2, max(float(np.ptp(v_n)) / 2, 1.0)
-        length = half * (1 + kind.tail * float(rng.uniform(0.5, 1.5)))
+        own = np.random.default_rng([nuc.seed, 1])  # the cell's own draws: the same cell in overlapping FOVs
+        length = half * (1 + kind.tail * float(own.uniform(0.5, 1.5)))
         reach = int(length + 3 * width) + 1
         bx0, bx1 = max(int(cx) - reach, 0), min(int(cx) + reach + 1, w)
         by0, by1 = max(int(cy) - reach, 0), min(int(cy) + reach + 1, h)
@@ -258,7 +259,7 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         v = -(px - cx) * sa + (py - cy) * ca
         along = np.clip(1 - np.abs(u) / length, 0, 1)
         streak = along ** 1.5 * np.exp(-0.5 * (v / (0.7 * width * (0.4 + 0.6 * along))) ** 2)
-        amp = kind.hema * float(rng.uniform(0.15, 0.33))
+        amp = kind.tail_hema * float(own.uniform(0.25, 0.55))
         H[by0:by1, bx0:bx1] += amp * streak
         E[by0:by1, bx0:bx1] += 0.1 * streak
     E = np.clip(E, 0.0, None)
@@ -305,8 +306,8 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
             val = base * (0.9 + 0.15 * f + 0.1 * g + 0.3 * q)
         elif ch == "clockface":
             theta = np.arctan2(py - cy, px - cx)
-            val = base * (0.7 + 0.35 * np.exp(-(d - 1) / 2.5) * (0.5 + 0.5 * np.cos(5 * theta + nr.uniform(0, 6)))
-                          + 0.15 * f + 0.25 * q)
+            val = base * (0.7 + 0.63 * np.exp(-(d - 1) / 2.5) * (0.5 + 0.5 * np.cos(5 * theta + nr.uniform(0, 6)))
+                          + 0.27 * f + 0.45 * q)
         elif ch == "clumped":
             val = base * (0.45 + 0.7 / (1 + np.exp(-3 * g)) + 0.15 * f)
         elif ch == "pale":
