@@ -278,8 +278,17 @@ def _realism_c2st_panel(ax: plt.Axes, c2st: pd.DataFrame, targets: dict[str, flo
     auroc = c2st["auroc"].to_numpy(float)
     x = np.arange(len(c2st))
     ax.bar(x, np.nan_to_num(auroc), color=np.where(is_patch, "#984ea3", "#4daf4a"), width=0.7)
-    for xi, v in zip(x, auroc, strict=True):
-        ax.text(xi, (v if np.isfinite(v) else 0) + 0.01, f"{v:.2f}" if np.isfinite(v) else "not run", ha="center",
+    top = auroc.copy()
+    if {"auroc_min", "auroc_max", "runs"} <= set(c2st.columns):  # repeated trainings: their range
+        runs = c2st["runs"].to_numpy()
+        lo, hi = c2st["auroc_min"].to_numpy(float), c2st["auroc_max"].to_numpy(float)
+        rep = (runs > 1) & np.isfinite(auroc)
+        if rep.any():
+            ax.errorbar(x[rep], auroc[rep], yerr=[auroc[rep] - lo[rep], hi[rep] - auroc[rep]], fmt="none",
+                        ecolor="k", capsize=3, lw=1)
+            top = np.where(rep, hi, auroc)
+    for xi, v, t in zip(x, auroc, top, strict=True):
+        ax.text(xi, (t if np.isfinite(t) else 0) + 0.01, f"{v:.2f}" if np.isfinite(v) else "not run", ha="center",
                 va="bottom", fontsize=8)
     ax.axhline(0.5, color="#444444", lw=1, label="chance (0.5)")
     shown = []
