@@ -64,7 +64,8 @@ __all__ = [
     "representation_matrix",
     "embed", "hyperboloid_to_poincare",
     "fit_tree", "fit_statistics", "node_statistics", "best_nodes", "node_members", "node_embedding_means",
-    "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "class_rules", "check_rule_directions",
+    "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "class_rules", "ROOT_RULE",
+    "missing_rule_notes", "check_rule_directions",
     "plot_embedding", "plot_tree_overlay", "plot_node_members", "plot_step_by_step", "plot_simplified_tree",
 ]
 
@@ -662,10 +663,14 @@ class Rule(NamedTuple):
         return f"{text} {unit}" if unit else text
 
 
+#: The rule text of the root node (an empty decision path).
+ROOT_RULE = "(all nuclei)"
+
+
 def describe_rules(rules: Iterable[Rule], units: str = "physical", digits: int = 3) -> str:
-    """Rules joined with ``' AND '`` (``'(all nuclei)'`` for an empty path)."""
+    """Rules joined with ``' AND '`` (:data:`ROOT_RULE` for an empty path)."""
     parts = [Rule(*r).format(units, digits) for r in rules]
-    return " AND ".join(parts) if parts else "(all nuclei)"
+    return " AND ".join(parts) if parts else ROOT_RULE
 
 
 def simplify_rules(rules: Iterable[Rule]) -> list[Rule]:
@@ -762,6 +767,25 @@ def class_rules(tree, stats: pd.DataFrame, *, feature_names: Sequence[str] | Non
                      "discriminative rule": describe_rules(dp.simplified, units),
                      "informative": bool(r["informative"])})
     return pd.DataFrame(rows), rules
+
+
+def missing_rule_notes(table: pd.DataFrame, predicted, classes: Iterable[str], *, root: bool = True) -> dict[str, str]:
+    """Why a class of ``classes`` has no rule, or only the root, in a :func:`class_rules` ``table`` built from the
+    predictions ``predicted`` (one label per explained nucleus): class -> a sentence, for the classes that need one
+    (a class the model never predicts has no node to score; a class predicted for so many nuclei that "every
+    nucleus" is its best-F1 statement has the root as its representative node; ``root=False`` leaves that case out)."""
+    predicted = pd.Series(np.asarray(predicted, dtype=object))
+    by_class = table.set_index("class") if len(table) else pd.DataFrame(columns=["representative rule"])
+    notes = {}
+    for cls in classes:
+        n = int((predicted == cls).sum())
+        if cls not in by_class.index:
+            notes[cls] = (f"not measured: the model predicts {n} {cls} nuclei of {len(predicted)}, so DTALE has no "
+                          "such class to explain")
+        elif root and by_class.loc[cls, "representative rule"] == ROOT_RULE:
+            notes[cls] = (f"the root node: {n / max(len(predicted), 1):.0%} of the explained nuclei are predicted "
+                          f"{cls}, so 'every nucleus' is the best-F1 statement")
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------------------

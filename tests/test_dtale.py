@@ -374,3 +374,15 @@ def test_bench_dtale_features_quick(sample_dir):
     diffs = [float(v) for v in re.findall(r"max \|diff\| vs batched (\S+)", out)]
     assert len(diffs) == 3 and max(diffs) < 1e-6, out
     assert "nuclei with all 62 features: 100.00%" in out, out
+
+
+def test_missing_rule_notes_name_unpredicted_classes_and_root_rules():
+    table = pd.DataFrame({"class": ["sTIL", "tumor_any"],
+                          "representative rule": [D.ROOT_RULE, "Perimeter > 21 µm"]})
+    predicted = ["sTIL"] * 13 + ["tumor_any"] * 7
+    notes = D.missing_rule_notes(table, predicted, ["tumor_any", "nonTIL_stromal", "sTIL"])
+    assert set(notes) == {"nonTIL_stromal", "sTIL"}
+    assert notes["nonTIL_stromal"].startswith("not measured: the model predicts 0 nonTIL_stromal nuclei of 20")
+    assert notes["sTIL"].startswith("the root node: 65% of the explained nuclei are predicted sTIL")
+    assert set(D.missing_rule_notes(table, predicted, ["nonTIL_stromal", "sTIL"], root=False)) == {"nonTIL_stromal"}
+    assert D.describe_rules([]) == D.ROOT_RULE
