@@ -479,14 +479,14 @@ def _realism_report(synthetic: Sequence[FovRecord], real: Sequence[FovRecord], *
         rows.append({"test": f"features: {g}", "auroc": feature_test([f for p in parts for f in FEATURE_GROUPS[p]])})
     for row in rows:
         row.update(auroc_min=row["auroc"], auroc_max=row["auroc"], runs=1)
-    patch_auroc, patch_runs = float("nan"), [float("nan")]
+    patch_auroc, patch_runs = float("nan"), []
     if k >= 2:
         patches = np.concatenate([nucleus_patches(synthetic, syn_tab.iloc[s_rows]),
                                   nucleus_patches(real, real_tab.iloc[r_rows])])
         patch_auroc, patch_runs = repeated_patch_c2st(patches, y, groups, seed=seed, repeats=patch_repeats,
                                                       epochs=patch_epochs)
-    rows.append({"test": "patches: 64 px CNN", "auroc": patch_auroc, "auroc_min": min(patch_runs),
-                 "auroc_max": max(patch_runs), "runs": len(patch_runs) if k >= 2 else 0})
+    rows.append({"test": "patches: 64 px CNN", "auroc": patch_auroc, "auroc_min": min(patch_runs, default=np.nan),
+                 "auroc_max": max(patch_runs, default=np.nan), "runs": len(patch_runs)})
     c2st = pd.DataFrame(rows).assign(n_synthetic=int((y == 0).sum()), n_real=int(y.sum()),
                                      fovs_synthetic=len(set(groups[y == 0])), fovs_real=len(set(groups[y == 1])),
                                      folds=k, note=note)
