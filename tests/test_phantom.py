@@ -185,11 +185,11 @@ def test_unknown_profile():
 def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     """Feature C2ST, per-class SMDs and the heuristic's F1 gap of the cpu cohort against the 17 real FOVs.
 
-    Issue 14's targets: C2ST <= 0.75, 80 % of |SMD| <= 0.5, an F1 gap <= 5. Generator 2.3 meets the last two on cpu
-    seeds 0 and 1 (seed 0: 23 of 28 |SMD| <= 0.5, bootstrap F1 43.5 vs 40.1; seed 1: 26 of 28, 45.0 vs 40.1) and not
-    the first (0.87 / 0.85). The SMD bound has one pair of slack (22 of 28) and the F1 bound is the target itself;
-    the C2ST bound is the 2.2-2.3 level plus slack. Generator 1.0 scored 0.97, 18 % and a 31.5-point gap, 2.1 a
-    15.8-point gap and 2.2 22 of 28 and a 5.9-point gap.
+    Issue 14's targets: C2ST <= 0.75, 80 % of |SMD| <= 0.5, an F1 gap <= 5. Generator 2.4 meets the last two on cpu
+    seeds 0 and 1 (seed 0: C2ST 0.767, 26 of 28 |SMD| <= 0.5, bootstrap F1 44.7 vs 40.1; seed 1: 0.776, 26 of 28,
+    44.5 vs 40.1) and not the first. The C2ST bound is the 2.4 level plus slack, the SMD bound has two pairs of
+    slack (24 of 28) and the F1 bound is the target itself. Generator 1.0 scored 0.97, 18 % and a 31.5-point gap;
+    2.3 scored 0.87, 23 of 28 and a 3.4-point gap.
     """
     from nucls_utils.dtale import TABLE_S8_FEATURES
     from nucls_utils.phantom import realism
@@ -198,9 +198,9 @@ def test_cpu_cohort_realism_does_not_regress(cpu_cohort, sample_dir):
     syn, real = realism.nucleus_table(syn_records), realism.nucleus_table(real_records)
     both, y, groups, _, _ = realism.matched_pairs(syn, real, seed=0)
     auroc = realism.c2st_auroc(both[list(TABLE_S8_FEATURES)].to_numpy(), y, groups)
-    assert auroc <= 0.92, auroc
+    assert auroc <= 0.82, auroc
     smd = realism.smd_table(syn, real)
-    assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).sum() >= 22, smd
+    assert len(smd) == 28 and (smd["smd"].abs() <= 0.5).sum() >= 24, smd
     f1_syn = realism.bootstrap_detection(syn_records)["F1"]
     f1_real = realism.bootstrap_detection(real_records)["F1"]
     assert abs(f1_syn - f1_real) <= 5, (f1_syn, f1_real)

@@ -116,6 +116,25 @@ def _patches(rng, n: int, mean_rgb, size: int = 32) -> np.ndarray:
     return np.clip(rng.normal(mean_rgb, 25, (n, size, size, 3)), 0, 255).astype(np.uint8)
 
 
+def test_fold_auroc_is_the_mean_of_each_folds_auroc_and_ignores_offsets_between_folds():
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    # each fold separates perfectly, but the second fold's model scores everything 10 higher
+    score = np.array([0.1, 0.2, 0.3, 0.4, 10.1, 10.2, 10.3, 10.4])
+    folds = [np.arange(4), np.arange(4, 8)]
+    assert realism.fold_auroc(y, score, folds) == 1.0
+    assert roc_auc_score(y, score) == 0.75  # ranked together, the offset costs AUROC
+    rng = np.random.default_rng(0)
+    y2, s2 = rng.integers(0, 2, 60), rng.normal(size=60)
+    f2 = np.array_split(rng.permutation(60), 3)
+    assert realism.fold_auroc(y2, s2, f2) == pytest.approx(np.mean([roc_auc_score(y2[f], s2[f]) for f in f2]))
+    # a fold with one class has no AUROC and is left out; with none left the call fails
+    assert realism.fold_auroc(y, score, [np.arange(4), np.array([0, 1])]) == 1.0
+    with pytest.raises(ValueError, match="no fold holds both classes"):
+        realism.fold_auroc(y, score, [np.array([0, 1])])
+
+
 def test_patch_c2st_auroc_separates_colours_and_not_noise():
     rng = np.random.default_rng(0)
     n = 100
