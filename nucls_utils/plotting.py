@@ -304,7 +304,7 @@ def _realism_c2st_panel(ax: plt.Axes, c2st: pd.DataFrame, targets: dict[str, flo
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylim(0, 1.25)
     ax.set_yticks(np.arange(0, 1.01, 0.2))
-    ax.set_ylabel("out-of-fold AUROC (real vs synthetic)")
+    ax.set_ylabel("held-out AUROC, mean over folds (real vs synthetic)")
     ax.set_title("a. Classifier two-sample tests (0.5: indistinguishable)")
 
 

@@ -221,7 +221,7 @@ def fold_auroc(y: np.ndarray, score: np.ndarray, folds: Sequence[np.ndarray]) ->
 
 
 def c2st_auroc(X: np.ndarray, y: np.ndarray, groups: Sequence, *, n_splits: int = 5, seed: int = 0) -> float:
-    """Classifier two-sample test: out-of-fold AUROC of a gradient-boosting classifier separating ``y == 1`` from
+    """Classifier two-sample test: held-out AUROC of a gradient-boosting classifier separating ``y == 1`` from
     ``y == 0`` rows of ``X`` (NaN allowed), with FOV-grouped stratified folds (``groups``: one label per row).
 
     Classes are weighted to balance; the AUROC is the mean of the folds' held-out AUROCs (:func:`fold_auroc`).
