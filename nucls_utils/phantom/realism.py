@@ -42,8 +42,8 @@ from scipy import ndimage as ndi
 from ..io.dataset import FovRecord
 
 __all__ = ["SMD_FEATURES", "SMD_CLASSES", "C2ST_GROUPS", "RealismReport", "nucleus_label_image",
-           "nucleus_table", "class_matched_sample", "matched_pairs", "n_folds", "fold_auroc", "c2st_auroc", "nucleus_patches",
-           "patch_c2st_auroc", "repeated_patch_c2st",
+           "nucleus_table", "class_matched_sample", "matched_pairs", "n_folds", "fold_auroc", "c2st_auroc",
+           "nucleus_patches", "patch_c2st_auroc", "repeated_patch_c2st",
            "smd_table", "bootstrap_detection", "image_statistics", "realism_report", "TARGETS", "GOALS"]
 
 #: Features of the standardised-mean-difference table (HistomicsTK names) and their short labels.
