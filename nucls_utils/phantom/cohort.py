@@ -31,6 +31,7 @@ from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
 from ..io.naming import FovName, format_fov_name
 from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS, POLYLINE_SHARE
 from .layout import REGION_CODES, REGION_NAMES, make_roi
+from .refiner import refine_image, refiner_info
 from .render import draw_stain_style, perturb_stain_style, render_crop
 
 __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort", "ensure_cohort",
@@ -108,14 +109,18 @@ def _outline_in_crop(nuc, crop: tuple[int, int, int, int]) -> tuple[np.ndarray, 
 
 
 def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
-                    overwrite: bool = False, progress: bool = True) -> Path:
+                    overwrite: bool = False, progress: bool = True,
+                    refiner_weights: str | os.PathLike[str] | None = None) -> Path:
     """Generate the synthetic cohort of ``profile`` into ``out_dir`` (written atomically).
 
+    ``refiner_weights``: a weights file of the experimental learned refiner (:mod:`.refiner`, fitted on this
+    generator version), applied to every rendered FOV and recorded in the manifest; the study's cohort has none.
     Returns the folder. See the module docstring for its contents.
     """
     if profile not in PROFILE_SPECS:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_SPECS)}")
     spec = PROFILE_SPECS[profile]
+    refiner = None if refiner_weights is None else _refiner_record(refiner_weights)
     root_ss = np.random.SeedSequence(seed)
     fov_rows, nuc_rows, records = [], [], []
     n_slides = sum(spec.hospital_slides)
@@ -144,6 +149,8 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
                         f_rng = np.random.default_rng(f_ss)
                         rec, image, fov_info, nuc_info = _make_fov(layout, crop, rect, spec, s_style, f_rng,
                                                                    slide, item_id, roi_left, roi_top)
+                        if refiner is not None:
+                            image = refine_image(image, refiner_weights)
                         validate_record(rec)
                         write_fov_files(tmp, rec, image)
                         records.append(rec)
@@ -166,7 +173,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
         counts = nuclei["raw_class"].value_counts().reindex(list(tx.RAW_CLASSES), fill_value=0)
         manifest = {
             "generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION, "seed": int(seed),
-            "profile": profile, "spec": asdict(spec),
+            "profile": profile, "spec": asdict(spec), "refiner": refiner,
             "counts": {"hospitals": len(spec.hospital_slides), "slides": n_slides,
                        "rois": n_slides * spec.rois_per_slide, "fovs": len(records), "nuclei": int(len(nuclei)),
                        "nuclei_by_raw_class": {k: int(v) for k, v in counts.items()},
@@ -253,10 +260,22 @@ def read_manifest(root: str | os.PathLike[str]) -> dict | None:
 
 def cohort_problem(root: str | os.PathLike[str], profile: str, seed: int) -> str | None:
     """Why ``root`` is not a complete, unmodified cohort of this generator version, profile and seed (``None``
-    when it is): a missing or foreign manifest, another version/profile/seed, or any file missing, added or changed
-    since it was written (sha256 per file, see :mod:`nucls_utils.io.manifest`)."""
+    when it is): a missing or foreign manifest, another version/profile/seed, a cohort refined by the experimental
+    refiner (the study's cohort is not), or any file missing, added or changed since it was written (sha256 per
+    file, see :mod:`nucls_utils.io.manifest`)."""
     return verify_manifest(root, expect={"generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION,
-                                         "profile": profile, "seed": int(seed)})
+                                         "profile": profile, "seed": int(seed), "refiner": None})
+
+
+def _refiner_record(weights: str | os.PathLike[str]) -> dict:
+    """What a cohort records of the refiner it is made with (:func:`.refiner.refiner_info`); weights fitted on
+    another generator version are refused."""
+    info = refiner_info(weights)
+    if info["generator_version"] != GENERATOR_VERSION:
+        raise RuntimeError(f"the refiner weights {weights} were fitted on generator {info['generator_version']}, "
+                           f"this is {GENERATOR_VERSION}: refit them with `python -m nucls_utils.phantom.refiner fit "
+                           "--real DIR --out FILE`")
+    return info
 
 
 def cohort_is_current(root: str | os.PathLike[str], profile: str, seed: int) -> bool:

@@ -43,7 +43,7 @@ from ..io.dataset import FovRecord
 
 __all__ = ["SMD_FEATURES", "SMD_CLASSES", "C2ST_GROUPS", "RealismReport", "nucleus_label_image",
            "nucleus_table", "class_matched_sample", "matched_pairs", "n_folds", "fold_auroc", "c2st_auroc",
-           "nucleus_patches", "patch_c2st_auroc", "repeated_patch_c2st",
+           "nucleus_patches", "patch_cnn", "patch_c2st_auroc", "repeated_patch_c2st",
            "smd_table", "bootstrap_detection", "image_statistics", "realism_report", "TARGETS", "GOALS"]
 
 #: Features of the standardised-mean-difference table (HistomicsTK names) and their short labels.
@@ -267,7 +267,9 @@ def nucleus_patches(records: Sequence[FovRecord], table: pd.DataFrame, size: int
     return out
 
 
-def _patch_cnn():
+def patch_cnn():
+    """The patch test's CNN (also the refiner's discriminator, :mod:`.refiner`): four conv-BN-ReLU-max-pool blocks
+    (16, 32, 64, 64 channels), global average pooling and one logit."""
     import torch.nn as nn
 
     def block(i, o):
@@ -293,7 +295,7 @@ def patch_c2st_auroc(patches: np.ndarray, y: np.ndarray, groups: Sequence, *, n_
     with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for train, test in _folds(y, np.asarray(groups), n_splits, seed):
-            model = _patch_cnn()
+            model = patch_cnn()
             opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
             pos = max(int(y[train].sum()), 1)
             loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(train) - pos) / pos))
@@ -322,13 +324,27 @@ def patch_c2st_auroc(patches: np.ndarray, y: np.ndarray, groups: Sequence, *, n_
 
 
 def repeated_patch_c2st(patches: np.ndarray, y: np.ndarray, groups: Sequence, *, seed: int = 0, repeats: int = 3,
-                        **kw) -> tuple[float, list[float]]:
+                        n_jobs: int | None = None, **kw) -> tuple[float, list[float]]:
     """:func:`patch_c2st_auroc` trained ``repeats`` times (seeds ``seed, seed + 1, ...``: other folds, initial weights
-    and batches): ``(mean AUROC, the AUROC of each training)``."""
+    and batches): ``(mean AUROC, the AUROC of each training)``.
+
+    The trainings run side by side in ``n_jobs`` processes (default: one per training, at most one per core), each
+    on one thread as always, so each result is the one a lone training gives; on two cores two trainings take the
+    wall time of one.
+    """
+    import os
+
+    from joblib import Parallel, delayed
+
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    runs = [patch_c2st_auroc(patches, y, groups, seed=seed + r, **kw) for r in range(repeats)]
-    return float(np.mean(runs)), runs
+    n_jobs = n_jobs or min(repeats, os.cpu_count() or 1)
+    if n_jobs == 1 or repeats == 1:
+        runs = [patch_c2st_auroc(patches, y, groups, seed=seed + r, **kw) for r in range(repeats)]
+    else:
+        runs = Parallel(n_jobs=n_jobs)(delayed(patch_c2st_auroc)(patches, y, groups, seed=seed + r, **kw)
+                                       for r in range(repeats))
+    return float(np.mean(runs)), [float(v) for v in runs]
 
 
 # ------------------------------------------------------------------------------------------------------------
