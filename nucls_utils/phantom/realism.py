@@ -160,17 +160,17 @@ def class_matched_sample(synthetic_classes: Sequence[str], real_classes: Sequenc
 # Two-sample tests
 # ------------------------------------------------------------------------------------------------------------
 @contextmanager
-def _one_thread():
-    """Run the tests' model fits on one thread (OpenMP/BLAS and torch), restoring the settings after. The fits are
-    small: on a shared 2-core machine one thread was 3-7x faster than two (measured for both models), and results
-    do not depend on the machine's core count."""
+def _threads(n: int = 1):
+    """Run model fits on ``n`` threads (OpenMP/BLAS and torch), restoring the settings after. The tests' fits run on
+    one: they are small, on a shared 2-core machine one thread was 3-7x faster than two (measured for both models),
+    and results do not depend on the machine's core count. The refiner (:mod:`.refiner`) uses it too."""
     import torch
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
-        with threadpool_limits(1):
+        with threadpool_limits(n):
             yield
     finally:
         torch.set_num_threads(before)
@@ -236,7 +236,7 @@ def c2st_auroc(X: np.ndarray, y: np.ndarray, groups: Sequence, *, n_splits: int 
     groups = np.asarray(groups)
     score = np.full(len(y), np.nan)
     tests = []
-    with _one_thread():
+    with _threads(1):
         for train, test in _folds(y, groups, n_splits, seed):
             clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=15,
                                                  class_weight="balanced", random_state=seed)
@@ -292,7 +292,7 @@ def patch_c2st_auroc(patches: np.ndarray, y: np.ndarray, groups: Sequence, *, n_
     score = np.full(len(y), np.nan)
     rng = np.random.default_rng(seed)
     tests = []
-    with _one_thread(), torch.random.fork_rng(devices=[]):
+    with _threads(1), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for train, test in _folds(y, np.asarray(groups), n_splits, seed):
             model = patch_cnn()

@@ -40,7 +40,6 @@ import io as _io
 import json
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,18 +118,6 @@ def _torch_modules():
     return Refiner, patch_cnn
 
 
-@contextmanager
-def _threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Weights
 # ------------------------------------------------------------------------------------------------------------
@@ -194,6 +181,8 @@ def refine_image(rgb: np.ndarray, path: str | Path) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 4:
         raise ValueError(f"refine_image needs an (H, W, 3) uint8 image with H, W >= 4, got {rgb.dtype} {rgb.shape}")
+    from .realism import _threads
+
     net, _ = load_weights(path)
     x = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None].div_(255.0)
     with _threads(1), torch.inference_mode():
@@ -256,6 +245,8 @@ def fit_refiner(synthetic: Sequence[tuple[np.ndarray, np.ndarray]], real: Sequen
         if small:
             raise ValueError(f"fit_refiner: {name} FOV {small[0]} is {items[small[0]][0].shape[:2]}, smaller than "
                              f"the {config.crop} px crops")
+    from .realism import _threads
+
     Refiner, discriminator = _torch_modules()
     rng = np.random.default_rng(config.seed)
     kern = torch.exp(-0.5 * (torch.arange(-4, 5, dtype=torch.float32) / 1.5) ** 2)
