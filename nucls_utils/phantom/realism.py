@@ -338,12 +338,9 @@ def repeated_patch_c2st(patches: np.ndarray, y: np.ndarray, groups: Sequence, *,
 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    n_jobs = n_jobs or min(repeats, os.cpu_count() or 1)
-    if n_jobs == 1 or repeats == 1:
-        runs = [patch_c2st_auroc(patches, y, groups, seed=seed + r, **kw) for r in range(repeats)]
-    else:
-        runs = Parallel(n_jobs=n_jobs)(delayed(patch_c2st_auroc)(patches, y, groups, seed=seed + r, **kw)
-                                       for r in range(repeats))
+    # n_jobs=1 runs in this process, in sequence
+    runs = Parallel(n_jobs=n_jobs or min(repeats, os.cpu_count() or 1))(
+        delayed(patch_c2st_auroc)(patches, y, groups, seed=seed + r, **kw) for r in range(repeats))
     return float(np.mean(runs)), [float(v) for v in runs]
 
 
