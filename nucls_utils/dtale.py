@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from . import paper
 from . import taxonomy as tx
 from .config import MICRONS_PER_PIXEL
 
@@ -65,7 +66,7 @@ __all__ = [
     "embed", "hyperboloid_to_poincare",
     "fit_tree", "fit_statistics", "node_statistics", "best_nodes", "node_members", "node_embedding_means",
     "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "class_rules", "ROOT_RULE",
-    "missing_rule_notes", "check_rule_directions",
+    "missing_rule_notes", "tree_settings", "paper_vs_run", "check_rule_directions",
     "plot_embedding", "plot_tree_overlay", "plot_node_members", "plot_step_by_step", "plot_simplified_tree",
 ]
 
@@ -786,6 +787,56 @@ def missing_rule_notes(table: pd.DataFrame, predicted, classes: Iterable[str], *
             notes[cls] = (f"the root node: {n / max(len(predicted), 1):.0%} of the explained nuclei are predicted "
                           f"{cls}, so 'every nucleus' is the best-F1 statement")
     return notes
+
+
+def tree_settings(profile: str, n_nuclei: int, max_depth: int = 0, min_samples_leaf: int = 0) -> tuple[int, int]:
+    """The tree's ``(max_depth, min_samples_leaf)``: the values given, or (0) the defaults: the paper's depth; its
+    minimum leaf in the paper profile, else about 0.5 % of the explained nuclei (at least 5), since the smaller
+    profiles explain far fewer nuclei than the paper's minimum leaf would allow."""
+    depth = int(max_depth) or int(paper.value("fig7.tree_max_depth"))
+    if min_samples_leaf:
+        leaf = int(min_samples_leaf)
+    elif profile == "paper":
+        leaf = int(paper.value("fig7.tree_min_samples_leaf"))
+    else:
+        leaf = max(5, int(round(0.005 * n_nuclei)))
+    return depth, leaf
+
+
+def paper_vs_run(rules: Mapping[str, pd.DataFrame], *, max_depth: int, min_samples_leaf: int, n_explained: int,
+                 notes: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Notebook 07's "paper vs this run" table from :func:`class_rules` tables per level (``'super'``, ``'main'``).
+
+    ``notes``: class -> why its row is empty or degenerate (:func:`missing_rule_notes`). Returns ``quantity, paper,
+    this_run, note, source, paper_key`` (paper values from :mod:`nucls_utils.paper`), every cell as text.
+    """
+    notes = dict(notes or {})
+
+    def val(level: str, cls: str, col: str):
+        r = rules[level].set_index("class") if len(rules[level]) else pd.DataFrame()
+        return round(float(r.loc[cls, col]), 3) if cls in r.index else None
+
+    main = rules["main"].set_index("class") if len(rules["main"]) else pd.DataFrame()
+    lym_rule = main.loc["lymphocyte", "representative rule"] if "lymphocyte" in main.index else None
+    rows = [paper.row("fig7.disc_precision_tumor", "discriminative precision, tumor",
+                      val("super", "tumor_any", "disc. precision"), notes.get("tumor_any", "")),
+            paper.row("fig7.disc_precision_stroma", "discriminative precision, stroma",
+                      val("super", "nonTIL_stromal", "disc. precision"), notes.get("nonTIL_stromal", "")),
+            paper.row("fig7.disc_precision_stils", "discriminative precision, sTILs",
+                      val("super", "sTIL", "disc. precision"), notes.get("sTIL", "")),
+            paper.row("figS14.lymphocyte_rep_f1", "lymphocyte representative F1", val("main", "lymphocyte", "rep. F1")),
+            paper.row("figS14.lymphocyte_rep_rule", "lymphocyte representative rule", lym_rule,
+                      notes.get("lymphocyte", "")),
+            paper.row("fig7.tree_max_depth", "tree max_depth", max_depth),
+            paper.row("fig7.tree_min_samples_leaf", "tree min_samples_leaf", min_samples_leaf,
+                      "" if min_samples_leaf == paper.value("fig7.tree_min_samples_leaf")
+                      else "scaled to the number of nuclei explained here"),
+            {"quantity": "nuclei explained", "paper": None, "this_run": n_explained, "note": "", "source": None,
+             "paper_key": None}]
+    def text(v) -> str:
+        return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(v)
+
+    return pd.DataFrame(rows).map(text)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import paper
 from . import taxonomy as tx
 from .config import MICRONS_PER_PIXEL
 
@@ -110,13 +111,14 @@ def class_by_fold(annotations: pd.DataFrame, assignment: pd.DataFrame, level: st
     return long
 
 
-#: Numbers the paper reports about the single-rater data (paper text; Table 1; Fig. 4b text).
+#: This dataset's quantity -> the paper number it is compared with (:mod:`nucls_utils.paper`) and a note.
 PAPER_DATASET_FACTS = {
-    "hospitals": (18, "TCGA institutions (paper, Introduction)"),
-    "slides / patients": (125, "one slide per patient; the public core set has 124 slides"),
-    "single-rater nuclei, corrected (core set)": (64000, "about half of the ~128,000 single-rater annotations"),
-    "polyline (clicked boundary) share, %": (36.6, "single-rater data (Results, Fig. 4b text)"),
-    "FOV side, microns": (65, "'~65 x 65 um field' (Definitions)"),
+    "hospitals": ("dataset.hospitals", "TCGA institutions"),
+    "slides / patients": ("dataset.slides", "one slide per patient; the public core set has 124 slides"),
+    "single-rater nuclei, corrected (core set)": ("dataset.corrected_nuclei",
+                                                  "about half of the ~128,000 single-rater annotations"),
+    "polyline (clicked boundary) share, %": ("dataset.clicked_share_singlerater", "single-rater data"),
+    "FOV side, microns": ("dataset.fov_side_um", "'~65 x 65 um field'"),
 }
 
 
@@ -125,10 +127,8 @@ def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations
                  core_folds_dedup: pd.DataFrame | None = None) -> pd.DataFrame:
     """Paper numbers next to this run's: the dataset given, and the core-set metadata when available.
 
-    Returns ``quantity, paper, this_dataset, core_set, note``; cells that do not apply are NaN.
+    Returns ``quantity, paper, this_dataset, core_set, note, source, paper_key``; cells that do not apply are NaN.
     """
-    from .io.folds import PAPER_TABLE1_N
-
     def stats(ann: pd.DataFrame, fv: pd.DataFrame) -> dict[str, float]:
         return {
             "hospitals": fv["hospital"].nunique(),
@@ -140,15 +140,19 @@ def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations
 
     ds = stats(annotations, fovs)
     core = stats(core_annotations, core_fovs) if core_annotations is not None else {}
-    rows = [(q, p, ds[q], core.get(q, np.nan), note) for q, (p, note) in PAPER_DATASET_FACTS.items()]
-    for k, n in PAPER_TABLE1_N.items():
+    rows = []
+    for q, (key, note) in PAPER_DATASET_FACTS.items():
+        r = paper.row(key, q, ds[q], note)
+        rows.append({**r, "this_dataset": r.pop("this_run"), "core_set": core.get(q, np.nan)})
+    for k in paper.table1_n():
         got = np.nan if core_folds is None else float(core_folds.set_index("fold").loc[k, "N_detection"])
         note = "as stored"
         if core_folds_dedup is not None:
             dd = int(core_folds_dedup.set_index("fold").loc[k, "N_detection"])
             note = f"as stored; {dd} without the duplicated FOVs"
-        rows.append((f"Table 1 N, fold {k}", n, np.nan, got, note))
-    out = pd.DataFrame(rows, columns=["quantity", "paper", "this_dataset", "core_set", "note"])
+        r = paper.row(f"table1.n.fold{k}", f"Table 1 N, fold {k}", np.nan, note)
+        rows.append({**r, "this_dataset": r.pop("this_run"), "core_set": got})
+    out = pd.DataFrame(rows, columns=["quantity", "paper", "this_dataset", "core_set", "note", "source", "paper_key"])
     for col in ("paper", "this_dataset", "core_set"):
         out[col] = out[col].astype(float).round(1)
     return out

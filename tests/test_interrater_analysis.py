@@ -280,9 +280,17 @@ def test_plateau_k():
 
 
 def test_paper_vs_run_formatting():
-    t = an.paper_vs_run([("a", 0.68, 0.123456, ""), ("b", "< 0.001", np.nan, "x"), ("c", None, 12345.6, "")])
+    from nucls_utils import paper
+
+    t = an.paper_vs_run([("fig3a.np_detection_ap", "a", 0.123456, ""), ("fig4e.np_auroc_pvalue", "b", np.nan, "x"),
+                         (None, "c", 12345.6, ""), ("fig4d.self_kappa_ps:sd", "d", 3.0, "")])
     assert t["this_run"].tolist()[0] == 0.123 and t["paper"].tolist()[1] == "< 0.001"
-    assert t["this_run"].tolist()[2] == 1.23e4
+    assert t["this_run"].tolist()[2] == 1.23e4 and t["paper"].tolist()[2] is None
+    # the paper's values and sources come from the paper module, by key
+    assert t["paper"].tolist()[0] == paper.value("fig3a.np_detection_ap")
+    assert t["paper"].tolist()[3] == paper.sd("fig4d.self_kappa_ps") and t["source"].tolist()[3] == "Fig. 4d"
+    with pytest.raises(KeyError, match="no paper number 'fig3a.np_detection_apx'"):
+        an.paper_vs_run([("fig3a.np_detection_apx", "a", 0.1, "")])
 
 
 def test_figures_render(inferred):

@@ -188,6 +188,12 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
         assert (out / "tables" / f"{name}.csv").exists(), name
     for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay"):
         assert (out / "figures" / f"{name}.png").exists(), name
+    # every paper-vs-run table's paper column is the paper module's (issue 15)
+    from test_paper import check_paper_columns
+
+    assert {p.name for p in (out / "tables").glob("*paper_vs_run*.csv")} >= {
+        f"{n}_paper_vs_run.csv" for n in ("nb01", "nb02", "nb03", "nb04", "nb07")} | {"nb06_paper_vs_run_table1.csv"}
+    assert check_paper_columns(out / "tables") > 60
 
     # a re-run with nothing changed executes nothing and rewrites nothing
     tables_before = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}

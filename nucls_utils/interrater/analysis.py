@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import paper
 from .. import taxonomy as tx
 from ..evaluation import bootstrap_ci, box_iou, match_boxes, roc_auc_micro_macro
 from ..io.atomic import atomic_path
@@ -68,7 +69,7 @@ from .em import PROB_PREFIX, boundary_em, group_posteriors, infer_labels, majori
 from .redundancy import restrict_to_dense_fovs
 
 __all__ = [
-    "PAPER", "CLUSTERING_IOUS", "PRIMARY_IOU", "EM_CLASSES", "EVALSET_ALIASES", "STAGE",
+    "CLUSTERING_IOUS", "PRIMARY_IOU", "EM_CLASSES", "EVALSET_ALIASES", "STAGE",
     "MultiraterStudy", "locate_multirater", "load_multirater_study", "anchor_tables",
     "TruthTables", "build_truth_tables", "write_truth_tables", "read_truth_tables", "attach_generator_truth",
     "group_labels", "truth_series", "np_label_frame", "final_anchors", "members", "ptruth_composition",
@@ -98,31 +99,6 @@ _UNBIASED = "U-control"
 _BOX = ["xmin", "ymin", "xmax", "ymax"]
 _SPECIAL = (UNDETECTED, NOT_ANNOTATED)
 
-#: Headline numbers of the paper for notebooks 03 and 04 (quoted from the paper's text; notes section 1).
-PAPER: dict[str, float] = {
-    "np_detection_ap": 0.68,
-    "np_auroc_micro": 0.93,
-    "np_auroc_macro": 0.75,
-    "anchors_iou025": 1238,
-    "alpha_ps_main_iou025": 55.5,
-    "alpha_ps_super": 66.1,
-    "alpha_nps_super": 60.3,
-    "self_kappa_ps_mean": 87.4,
-    "self_kappa_ps_sd": 7.9,
-    "self_kappa_nps_mean": 74.0,
-    "self_kappa_nps_sd": 12.6,
-    "auroc_e": 0.95,
-    "auroc_u": 0.92,
-    "stils_by_16_nps": 53.3,
-    "fibroblasts_by_16_nps": 21.4,
-    "np_mcc_low": 60.7,
-    "np_mcc_high": 84.2,
-    "clicked_e_mean": 41.7,
-    "clicked_e_sd": 17.3,
-    "boundary_dice_e_mean": 85.0,
-    "boundary_dice_e_sd": 5.9,
-    "redundancy_plateau_k": 6,
-}
 
 
 # ================================================================================================================
@@ -1313,10 +1289,14 @@ def redundancy_findings(summary: pd.DataFrame, frac: float = 0.95) -> pd.DataFra
 # ================================================================================================================
 
 
-def paper_vs_run(rows: Iterable[tuple[str, float | str | None, float | str | None, str]]) -> pd.DataFrame:
-    """A "paper vs this run" table from (quantity, paper, this run, note) rows; numbers are rounded to 3
-    significant digits for display, NaN shown empty."""
-    out = pd.DataFrame(list(rows), columns=["quantity", "paper", "this_run", "note"])
+def paper_vs_run(rows: Iterable[tuple[str | None, str, float | str | None, str]]) -> pd.DataFrame:
+    """A "paper vs this run" table from ``(paper reference, quantity, this run, note)`` rows: the paper's value and
+    source come from :mod:`nucls_utils.paper` (reference ``None``: a row the paper has no number for); numbers are
+    rounded to 3 significant digits for display, NaN shown empty."""
+    out = pd.DataFrame([paper.row(ref, q, v, note) if ref is not None else
+                        {"quantity": q, "paper": None, "this_run": v, "note": note, "source": None, "paper_key": None}
+                        for ref, q, v, note in rows],
+                       columns=["quantity", "paper", "this_run", "note", "source", "paper_key"])
     for c in ("paper", "this_run"):
         out[c] = [(float(f"{v:.3g}") if isinstance(v, float | np.floating) and np.isfinite(v) else v)
                   if v is not None else None for v in out[c]]
@@ -1349,58 +1329,59 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
         if len(auroc_tests) else pd.DataFrame()
     ease = ease16.set_index("class")
     rows = [
-        ("NP-label detection AP (E, IOU 0.25)", PAPER["np_detection_ap"], np_det["ap"],
+        ("fig3a.np_detection_ap", "NP-label detection AP (E, IOU 0.25)", np_det["ap"],
          "anchors with >= 2 NP detections; y = P-truth calls it a nucleus; score 1 - P(undetected)"),
-        ("NP-label detection AP, IOU 0.25/0.5/0.75 pooled", PAPER["np_detection_ap"],
+        ("fig3a.np_detection_ap", "NP-label detection AP, IOU 0.25/0.5/0.75 pooled",
          np_det_pooled["ap"] if np_det_pooled else np.nan, "the reference's query reads all thresholds at once"),
-        ("NP-label AUROC, micro (E, main classes)", PAPER["np_auroc_micro"], roc_main["micro"],
+        ("fig3b.np_auroc_micro", "NP-label AUROC, micro (E, main classes)", roc_main["micro"],
          f"{roc_main['n']} P-truth nuclei"),
-        ("NP-label AUROC, macro (E, main classes)", PAPER["np_auroc_macro"], roc_main["macro"],
+        ("fig3b.np_auroc_macro", "NP-label AUROC, macro (E, main classes)", roc_main["macro"],
          "area of the mean ROC curve"),
-        ("NP classification MCC, range over NPs", f"{PAPER['np_mcc_low']}-{PAPER['np_mcc_high']}",
-         f"{mcc.min():.1f}-{mcc.max():.1f}" if len(mcc) else None, "pooled one-vs-rest, main classes, E"),
-        ("P-truth nuclei at IOU 0.25 (>= 2 P detections)", PAPER["anchors_iou025"], n_anchors,
+        ("fig3.np_mcc_low", "NP classification MCC x 100, lowest NP", mcc.min() if len(mcc) else np.nan,
+         "pooled one-vs-rest, main classes, E"),
+        ("fig3.np_mcc_high", "NP classification MCC x 100, highest NP", mcc.max() if len(mcc) else np.nan, ""),
+        ("fig5a.anchors_iou025", "P-truth nuclei at IOU 0.25 (>= 2 P detections)", n_anchors,
          f"scales with the number of multi-rater FOVs ({n_fovs} here)"),
-        ("alpha x 100, Ps, main classes, IOU 0.25", PAPER["alpha_ps_main_iou025"], alpha_at("Ps", "main"),
+        ("fig5c.alpha_ps_main", "alpha x 100, Ps, main classes, IOU 0.25", alpha_at("Ps", "main"),
          "classification; P-truth nuclei detected by >= 2 Ps"),
-        ("alpha x 100, Ps, super-classes", PAPER["alpha_ps_super"], alpha_at("Ps", "super"), "same anchors"),
-        ("alpha x 100, NPs, super-classes", PAPER["alpha_nps_super"], alpha_at("NPs", "super"), "same anchors"),
-        ("self-agreement kappa x 100, Ps, mean (E vs U-control)", PAPER["self_kappa_ps_mean"],
+        ("fig5.alpha_ps_super", "alpha x 100, Ps, super-classes", alpha_at("Ps", "super"), "same anchors"),
+        ("fig5.alpha_nps_super", "alpha x 100, NPs, super-classes", alpha_at("NPs", "super"), "same anchors"),
+        ("fig4d.self_kappa_ps", "self-agreement kappa x 100, Ps, mean (E vs U-control)",
          100 * stat(self_agree, "kappa", "Ps", "mean"), "main classes, classification"),
-        ("self-agreement kappa x 100, Ps, SD", PAPER["self_kappa_ps_sd"], 100 * stat(self_agree, "kappa", "Ps", "std"),
+        ("fig4d.self_kappa_ps:sd", "self-agreement kappa x 100, Ps, SD", 100 * stat(self_agree, "kappa", "Ps", "std"),
          ""),
-        ("self-agreement kappa x 100, NPs, mean", PAPER["self_kappa_nps_mean"],
+        ("fig4d.self_kappa_nps", "self-agreement kappa x 100, NPs, mean",
          100 * stat(self_agree, "kappa", "NPs", "mean"), ""),
-        ("self-agreement kappa x 100, NPs, SD", PAPER["self_kappa_nps_sd"],
+        ("fig4d.self_kappa_nps:sd", "self-agreement kappa x 100, NPs, SD",
          100 * stat(self_agree, "kappa", "NPs", "std"), ""),
-        ("NP-label AUROC micro, E (with suggestions)", PAPER["auroc_e"],
+        ("fig4e.np_auroc_e", "NP-label AUROC micro, E (with suggestions)",
          boot.at[evalset, "micro"] if evalset in boot.index and "micro" in boot.columns else np.nan,
          "main classes, each set vs its own P-truth"),
-        ("NP-label AUROC micro, U-control (without)", PAPER["auroc_u"],
+        ("fig4e.np_auroc_u", "NP-label AUROC micro, U-control (without)",
          boot.at[_UNBIASED, "micro"] if _UNBIASED in boot.index and "micro" in boot.columns else np.nan, ""),
-        ("E vs U-control, Mann-Whitney p (bootstrap AUROCs)", "< 0.001",
+        ("fig4e.np_auroc_pvalue", "E vs U-control, Mann-Whitney p (bootstrap AUROCs)",
          float(test["pvalue"].iloc[0]) if len(test) else np.nan,
          (f"E higher in {100 * float(test['share_a_higher'].iloc[0]):.0f} % of resamples; " if len(test) else "")
          + "p shrinks with the number of resamples"),
-        ("sTILs detected by 16+ NPs, %", PAPER["stils_by_16_nps"],
+        ("figS8.stils_by_16_nps", "sTILs detected by 16+ NPs, %",
          ease.at["sTILs", "percent"] if "sTILs" in ease.index else np.nan,
          f"of {int(ease.at['sTILs', 'n']) if 'sTILs' in ease.index else 0} sTILs (E)"),
-        ("fibroblasts detected by 16+ NPs, %", PAPER["fibroblasts_by_16_nps"],
+        ("figS8.fibroblasts_by_16_nps", "fibroblasts detected by 16+ NPs, %",
          ease.at["fibroblasts", "percent"] if "fibroblasts" in ease.index else np.nan,
          f"of {int(ease.at['fibroblasts', 'n']) if 'fibroblasts' in ease.index else 0} fibroblasts (E)"),
     ]
     if clicked is not None and len(clicked):
         e = clicked[clicked["evalset"] == evalset]["psegmented"]
-        rows += [("clicked suggestions per participant, E, mean %", PAPER["clicked_e_mean"],
+        rows += [("fig4b.clicked_e", "clicked suggestions per participant, E, mean %",
                   e.mean() if len(e) else np.nan, "share of detected P-truth nuclei"),
-                 ("clicked suggestions per participant, E, SD %", PAPER["clicked_e_sd"],
+                 ("fig4b.clicked_e:sd", "clicked suggestions per participant, E, SD %",
                   e.std() if len(e) else np.nan, "")]
     if boundaries is not None and len(boundaries):
         d = 100 * boundaries[(boundaries["evalset"] == evalset) & (boundaries["boundary_correct"] == True)][  # noqa: E712
             "dice"].dropna()
-        rows += [("DICE of boundaries judged correct, E, mean", PAPER["boundary_dice_e_mean"],
+        rows += [("fig4c.boundary_dice_e", "DICE of boundaries judged correct, E, mean",
                   d.mean() if len(d) else np.nan, "vs the generator's boundary (paper: vs an SP's traces)"),
-                 ("DICE of boundaries judged correct, E, SD", PAPER["boundary_dice_e_sd"],
+                 ("fig4c.boundary_dice_e:sd", "DICE of boundaries judged correct, E, SD",
                   d.std() if len(d) else np.nan, "")]
     return paper_vs_run(rows)
 
@@ -1422,14 +1403,16 @@ def redundancy_paper_vs_run(findings: pd.DataFrame, *, target_nps: int, n_realis
                    f"tumor/sTILs at {'/'.join(f'{o:g}' for o in others)}")
     else:
         verdict = None
-    rows = [("NPs per FOV where detection F1 stops improving (95 % of the gain)", PAPER["redundancy_plateau_k"],
-             k("det_f1"), "median over realisations"),
-            ("... classification MCC", PAPER["redundancy_plateau_k"], k("mcc"), ""),
-            ("... AUROC micro", PAPER["redundancy_plateau_k"], k("auroc_micro"), ""),
-            ("... AUROC macro", PAPER["redundancy_plateau_k"], k("auroc_macro"), ""),
-            ("stromal nuclei need more NPs than tumor or sTILs", "yes", verdict, "per-class AUROC plateaus"),
-            ("total NPs held constant at", 18, target_nps,
+    plateau = "fig3e.redundancy_plateau_k"
+    rows = [(plateau, "NPs per FOV where detection F1 stops improving (95 % of the gain)", k("det_f1"),
+             "median over realisations"),
+            (plateau, "... classification MCC", k("mcc"), ""),
+            (plateau, "... AUROC micro", k("auroc_micro"), ""),
+            (plateau, "... AUROC macro", k("auroc_macro"), ""),
+            ("fig3e.stromal_need_more_nps", "stromal nuclei need more NPs than tumor or sTILs", verdict,
+             "per-class AUROC plateaus"),
+            ("fig3e.total_nps", "total NPs held constant at", target_nps,
              f"most common number of distinct NPs over realisations ({info.get('n_nps')} NPs in "
              f"{info.get('n_fovs')} FOVs with >= {info.get('min_nps_used')} NPs)"),
-            ("realisations per NPs-per-FOV value", 1000, n_realisations, "")]
+            ("fig3e.realisations", "realisations per NPs-per-FOV value", n_realisations, "")]
     return paper_vs_run(rows)

@@ -8,7 +8,7 @@ large hospital and some small ones.
 
 Table 1's detection ``N`` counts, per test fold, the non-ambiguous nuclei whose box, clipped to the intended FOV
 rectangle, keeps both sides > 8 px (:func:`detection_n`). On the public core-set metadata this gives
-6102 / 15486 / 12672 / 8260 / 7295; the paper reports 6102 / 15442 / 12672 / 8260 / 7295. The whole fold-2
+6102 / 15486 / 12672 / 8260 / 7295, against the paper's :data:`PAPER_TABLE1_N` (fold 2: 15442). The whole fold-2
 difference is two FOVs stored twice in the sqlite (44 countable nuclei); without the duplicates
 (``read_core_metadata(..., drop_duplicate_fovs=True)``) fold 2 gives 15442 too.
 """
@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .. import paper
 from .. import taxonomy as tx
 from .naming import hospital_of
 
@@ -34,8 +35,8 @@ PAPER_FOLDS: dict[int, frozenset[str]] = {
     4: frozenset({"AR", "C8", "D8"}),
     5: frozenset({"A7", "EW", "GI"}),
 }
-#: Table 1 (top half) detection N per test fold, as printed in the paper.
-PAPER_TABLE1_N: dict[int, int] = {1: 6102, 2: 15442, 3: 12672, 4: 8260, 5: 7295}
+#: Table 1 (top half) detection N per test fold, as printed in the paper (:mod:`nucls_utils.paper`).
+PAPER_TABLE1_N: dict[int, int] = paper.table1_n()
 #: Test FOVs per fold in the reference splits (nucls_algorithms.md, "Data check").
 PAPER_FOLD_N_FOVS: dict[int, int] = {1: 263, 2: 507, 3: 405, 4: 294, 5: 277}
 #: Boxes with a side <= this many pixels (after clipping to the FOV) are dropped in evaluation.

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .. import paper
 from .. import taxonomy as tx
 from ..evaluation import evaluate_model
 from .data import FovSample, eval_truth
@@ -37,31 +38,14 @@ TABLE1_COLUMNS: dict[str, str] = {
 }
 _COUNTS = ("det_n", "seg_n", "cls_n")
 
-#: The paper's Table 1 mean (SD) rows (percent; corrected single-rater truth over folds 2-5; P-truth over 1, 3-5).
-PAPER_TABLE1 = {
-    "corrected": {"ap50": (74.8, 0.5), "map": (33.0, 0.9), "seg_median_iou": (79.3, 1.3),
-                  "seg_median_dice": (88.5, 0.8), "main_accuracy": (68.4, 4.2), "main_mcc": (55.7, 5.4),
-                  "main_auroc_micro": (92.8, 2.0), "main_auroc_macro": (83.7, 2.9), "super_accuracy": (77.7, 5.7),
-                  "super_mcc": (65.6, 7.9), "super_auroc_micro": (93.5, 2.7), "super_auroc_macro": (86.0, 3.2)},
-    "ptruth": {"ap50": (65.0, 5.4), "map": (28.2, 4.0), "seg_median_iou": (74.9, 2.3),
-               "seg_median_dice": (85.7, 1.5), "main_accuracy": (66.4, 2.1), "main_mcc": (50.8, 6.0),
-               "main_auroc_micro": (89.1, 6.0), "main_auroc_macro": (88.4, 2.1), "super_accuracy": (73.9, 9.6),
-               "super_mcc": (61.2, 13.8), "super_auroc_micro": (87.8, 9.2), "super_auroc_macro": (90.6, 4.4)},
-}
-#: Table S5 (fold 1): AP@.5, MCC main/super, µAUROC main/super, MAUROC main/super (None: not reported).
-PAPER_S5 = {
-    "1": (70.0, None, None, None, None, None, None),
-    "2": (74.5, 57.0, 65.0, 93.4, 94.3, 85.2, 88.2),
-    "3": (75.4, 59.6, 66.0, 93.5, 93.7, 84.7, 85.2),
-    "4": (72.2, 52.6, 60.9, 91.0, 92.3, 82.4, 83.6),
-    "6": (74.8, None, 63.6, None, 93.5, None, 85.9),
-}
+#: The paper's Table 1 mean (SD) rows, ``{truth: {metric: (mean, sd)}}`` (percent; read from :mod:`nucls_utils.paper`).
+PAPER_TABLE1 = {t: paper.table1_metrics(t) for t in ("corrected", "ptruth")}
+#: Table S5 (fold 1), ``{config: {metric: value}}``, reported cells only.
+PAPER_S5 = paper.table_s5()
 #: Table S6 mean over folds (model trained on uncorrected data, tested on corrected data).
-PAPER_S6_MEAN = {"ap50": 72.9, "map": 32.0, "seg_median_iou": 78.8, "seg_median_dice": 88.1, "main_accuracy": 66.4,
-                 "main_mcc": 53.7, "main_auroc_micro": 92.2, "main_auroc_macro": 79.6, "super_accuracy": 76.1,
-                 "super_mcc": 63.0, "super_auroc_micro": 92.7, "super_auroc_macro": 83.8}
+PAPER_S6_MEAN = paper.table_s6_mean()
 #: Table S3, ResNet-18 AP@.5 by scale factor (fold 1).
-PAPER_S3 = {1.0: 61.7, 2.67: 76.4, 4.0: 75.0}
+PAPER_S3 = paper.table_s3()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,16 +144,16 @@ def table_s5(rows: pd.DataFrame, truth: str = "corrected") -> pd.DataFrame:
             "4": "config 2's detector, then an independent thumbnail classifier",
             "6": "config 2 trained on super-classes"}
     for _, r in sel.sort_values("config").iterrows():
-        paper = PAPER_S5.get(r["config"], (None,) * 7)
+        reported = PAPER_S5.get(r["config"], {})
         super_only = r["level"] == "super"
         ours = (r["ap50"], None if super_only else r["main_mcc"], r["super_mcc"],
                 None if super_only else r["main_auroc_micro"], r["super_auroc_micro"],
                 None if super_only else r["main_auroc_macro"], r["super_auroc_macro"])
         row = {"config": r["config"], "description": desc.get(r["config"], "")}
-        for name, o, p in zip(("AP@.5", "MCC main", "MCC super", "µAUROC main", "µAUROC super", "MAUROC main",
-                               "MAUROC super"), ours, paper, strict=True):
+        for name, o, k in zip(("AP@.5", "MCC main", "MCC super", "µAUROC main", "µAUROC super", "MAUROC main",
+                               "MAUROC super"), ours, paper.TABLE_S5_METRICS, strict=True):
             row[name] = None if o is None or not np.isfinite(o) else round(100 * o, 1)
-            row[f"{name} (paper)"] = p
+            row[f"{name} (paper)"] = reported.get(k)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -226,18 +210,18 @@ def table_s6(rows: pd.DataFrame) -> pd.DataFrame:
 
 def paper_vs_run(table1_rows: pd.DataFrame, truth: str) -> pd.DataFrame:
     """Mean of this run's Table 1 (folds 2-5, or every fold for P-truth) beside the paper's mean (SD)."""
-    paper = PAPER_TABLE1["corrected" if truth == "corrected" else "ptruth"]
+    which = "corrected" if truth == "corrected" else "ptruth"
     sel = table1_rows[(table1_rows["truth"] == truth) & (table1_rows["config"] == "3")
                       & (table1_rows["training_data"] == "corrected")
                       & table1_rows["experiment"].str.match(r"^config3_fold\d+$")]
     use = sel[sel["fold"] != 1] if (sel["fold"] != 1).any() else sel
     out = []
-    for k, (pm, ps) in paper.items():
+    for k, (pm, ps) in PAPER_TABLE1[which].items():
         v = 100 * use[k].astype(float)
         out.append({"metric": TABLE1_COLUMNS[k], "paper mean": pm, "paper SD": ps,
                     "this run mean": round(v.mean(), 1) if v.notna().any() else None,
                     "this run SD": round(v.std(ddof=1), 1) if v.notna().sum() > 1 else None,
-                    "folds": ",".join(map(str, sorted(use["fold"])))})
+                    "folds": ",".join(map(str, sorted(use["fold"]))), "paper_key": f"table1.{which}.{k}"})
     return pd.DataFrame(out)
 
 

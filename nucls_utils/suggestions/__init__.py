@@ -6,6 +6,7 @@ from .assess import (
     NO_PAIRS,
     carries_classes,
     fov_sampling_features,
+    paper_vs_run,
     per_fov_scores,
     stratified_fov_sample,
     suggestion_table,
@@ -36,6 +37,6 @@ from .run import REFINER_CACHE_VERSION, RefinedDataset, bootstrap_dataset, refin
 __all__ = ["CLASS_AGNOSTIC", "LYMPHOCYTE_RICH_REGIONS", "NO_CLASS", "NO_PAIRS", "REFINER_CACHE_VERSION", "REFINER_PROFILES",
            "REGION_TO_CLASS", "SUGGESTION_CLASSES", "HeuristicParams", "RefinedDataset", "RefinerConfig",
            "bootstrap_classes", "bootstrap_dataset", "carries_classes", "bootstrap_suggestions", "build_refiner", "fov_sampling_features",
-           "hematoxylin", "instances_to_nuclei", "per_fov_scores", "refine_dataset", "refine_fov", "refiner_classes",
+           "hematoxylin", "instances_to_nuclei", "paper_vs_run", "per_fov_scores", "refine_dataset", "refine_fov", "refiner_classes",
            "refiner_key", "region_inherited", "segment_nuclei", "stratified_fov_sample", "suggestion_table",
            "train_refiner"]

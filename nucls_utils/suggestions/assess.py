@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import matthews_corrcoef
 
+from .. import paper
 from .. import taxonomy as tx
 from ..evaluation import DetectionCounts, detection_counts, match_boxes
 from ..io.dataset import Nucleus
 
 __all__ = ["SUPER_GROUPS", "NO_CLASS", "NO_PAIRS", "carries_classes", "suggestion_table", "per_fov_scores",
-           "fov_sampling_features", "stratified_fov_sample"]
+           "fov_sampling_features", "stratified_fov_sample", "paper_vs_run"]
 
 #: Super-classes reported per class in Table S2.
 SUPER_GROUPS = ("tumor_any", "nonTIL_stromal", "sTIL", "other_nucleus")
@@ -148,3 +149,41 @@ def stratified_fov_sample(features: pd.DataFrame, n: int, rng: np.random.Generat
         chosen += picks
         strata += [stratum] * len(picks)
     return features.loc[chosen].assign(stratum=strata)
+
+
+def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None,
+                 clicked_e: pd.Series | None = None) -> pd.DataFrame:
+    """Notebook 02's "paper vs this run" table: Table S2's headline cells, against the first reference in ``s2``
+    (the output of :func:`suggestion_table` with a ``reference`` column), and the clicked-boundary shares.
+
+    Parameters
+    ----------
+    s2 : DataFrame
+        Table S2 rows (``suggestions``, ``reference``, ``F1``, ``MCC``, ``recall_sTIL``); the first reference is used.
+    singlerater_types : Series, optional
+        Annotation type (``polyline`` / ``rectangle``) of every uncorrected single-rater annotation.
+    clicked_e : Series, optional
+        Per participant of the E set, the percent of suggestions whose boundary was clicked.
+
+    Returns ``quantity, paper, this_run, note, source, paper_key`` (paper values from :mod:`nucls_utils.paper`).
+    """
+    first = s2[s2["reference"] == s2["reference"].iloc[0]].set_index("suggestions")
+    refs = [("tableS2.bootstrap_f1", "bootstrap detection F1", "bootstrap", "F1"),
+            ("tableS2.refined_f1", "refined detection F1", "refined", "F1"),
+            ("tableS2.bootstrap_region_mcc", "bootstrap (region) class MCC", "bootstrap", "MCC"),
+            ("tableS2.refined_model_mcc", "refined (model) class MCC", "refined", "MCC"),
+            ("tableS2.refined_model_stil_recall", "refined (model) sTIL recall", "refined", "recall_sTIL"),
+            ("tableS2.refined_region_mcc", "refined (region) class MCC", "refined, region class", "MCC"),
+            ("tableS2.refined_region_stil_recall", "refined (region) sTIL recall", "refined, region class",
+             "recall_sTIL")]
+    rows = []
+    if singlerater_types is not None:
+        rows.append(("dataset.clicked_share_singlerater", "clicked boundaries, single-rater, %",
+                     100 * float((singlerater_types == "polyline").mean())))
+    if clicked_e is not None:
+        rows += [("fig4b.clicked_e", "clicked boundaries per participant, E, mean %", float(clicked_e.mean())),
+                 ("fig4b.clicked_e:sd", "clicked boundaries per participant, E, SD %", float(clicked_e.std()))]
+    rows += [(ref, q, float(first.at[name, col])) for ref, q, name, col in refs if name in first.index]
+    out = pd.DataFrame([paper.row(ref, q, round(v, 1) if np.isfinite(v) else v,
+                                  "" if np.isfinite(v) else "not defined on this run") for ref, q, v in rows])
+    return out
