@@ -1,0 +1,50 @@
+"""The crowd's calibration machinery: parameters round-trip, residuals and tolerances follow the paper module, rows
+are labelled fitted or not, and a simulated study's statistics are computed by the study's own analysis."""
+
+import numpy as np
+import pytest
+
+from nucls_utils import paper
+from nucls_utils.crowd import calibrate as cal
+from nucls_utils.crowd.participants import GROUP_PRIORS
+
+
+def test_parameters_round_trip_and_offsets():
+    model = cal.CrowdModel(GROUP_PRIORS)
+    theta = cal.parameters_of(model)
+    assert len(theta) == len(cal.FREE)
+    back = cal.apply_parameters(theta, model)
+    for f in cal.FREE:
+        for g in f.groups:
+            assert getattr(back.priors[g], f.field) == pytest.approx(getattr(model.priors[g], f.field), abs=1e-9), f
+        if not f.groups:
+            assert getattr(back, f.field) == pytest.approx(getattr(model, f.field))
+    moved = cal.apply_parameters(theta + 0.5, model)
+    i = [f.name for f in cal.FREE].index("p_accuracy")
+    sp, jp = moved.priors["SP"].accuracy, moved.priors["JP"].accuracy
+    assert sp == pytest.approx(1 / (1 + np.exp(-(theta[i] + 0.5)))) and jp == pytest.approx(sp - 0.05)
+    with pytest.raises(ValueError, match="FREE has"):
+        cal.apply_parameters(theta[:-1], model)
+
+
+def test_tolerances_residuals_and_roles():
+    assert cal.tolerance("fig4d.self_kappa_ps") == paper.sd("fig4d.self_kappa_ps")  # the paper's SD
+    assert cal.tolerance("fig4d.self_kappa_ps:sd") == pytest.approx(0.1 * paper.sd("fig4d.self_kappa_ps"))
+    assert cal.tolerance("fig3a.np_detection_ap") == pytest.approx(0.1 * paper.value("fig3a.np_detection_ap"))
+    stats = {k: float(paper.lookup(k)) for k in cal.TARGETS}
+    assert np.allclose(cal.residuals(stats), 0)
+    stats["fig3a.np_detection_ap"] += cal.tolerance("fig3a.np_detection_ap")
+    stats["fig3b.np_auroc_micro"] = np.nan
+    r = dict(zip(cal.TARGETS, cal.residuals(stats), strict=True))
+    assert r["fig3a.np_detection_ap"] == pytest.approx(1.0) and r["fig3b.np_auroc_micro"] == 3.0
+    assert set(cal.TARGETS).isdisjoint(cal.HELD_OUT)
+    assert "fig4e.np_auroc_e" in cal.HELD_OUT and "fig4e.np_auroc_u" in cal.HELD_OUT  # the effect is a prediction
+    assert cal.role("fig4b.clicked_e") == "calibration target (fitted)"
+    assert cal.role("fig4e.np_auroc_e") == "not fitted" and cal.role(None) == ""
+    for k in (*cal.TARGETS, *cal.HELD_OUT):
+        paper.lookup(k)  # every statistic is a paper number
+
+
+def test_calibration_refuses_the_study_seed():
+    with pytest.raises(SystemExit):
+        cal.main(["--seed", "0", "--out", "x.json"])
