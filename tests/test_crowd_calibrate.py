@@ -20,9 +20,15 @@ def test_parameters_round_trip_and_offsets():
         if not f.groups:
             assert getattr(back, f.field) == pytest.approx(getattr(model, f.field))
     moved = cal.apply_parameters(theta + 0.5, model)
-    i = [f.name for f in cal.FREE].index("p_accuracy")
+    names = [f.name for f in cal.FREE]
+    i = names.index("p_accuracy")
     sp, jp = moved.priors["SP"].accuracy, moved.priors["JP"].accuracy
     assert sp == pytest.approx(1 / (1 + np.exp(-(theta[i] + 0.5)))) and jp == pytest.approx(sp - 0.05)
+    # pathologists' impressionability is a fraction of the NPs': never above it
+    j = names.index("p_impressionability_ratio")
+    frac = 1 / (1 + np.exp(-(theta[j] + 0.5)))
+    assert moved.priors["SP"].impressionability == pytest.approx(frac * moved.priors["NP"].impressionability)
+    assert moved.priors["SP"].impressionability < moved.priors["NP"].impressionability
     with pytest.raises(ValueError, match="FREE has"):
         cal.apply_parameters(theta[:-1], model)
 
@@ -33,13 +39,13 @@ def test_tolerances_residuals_and_roles():
     assert cal.tolerance("fig3a.np_detection_ap") == pytest.approx(0.1 * paper.value("fig3a.np_detection_ap"))
     stats = {k: float(paper.lookup(k)) for k in cal.TARGETS}
     assert np.allclose(cal.residuals(stats), 0)
-    stats["fig3a.np_detection_ap"] += cal.tolerance("fig3a.np_detection_ap")
+    stats["fig3.np_mcc_low"] += cal.tolerance("fig3.np_mcc_low")
     stats["fig3b.np_auroc_micro"] = np.nan
     r = dict(zip(cal.TARGETS, cal.residuals(stats), strict=True))
-    assert r["fig3a.np_detection_ap"] == pytest.approx(1.0) and r["fig3b.np_auroc_micro"] == 3.0
+    assert r["fig3.np_mcc_low"] == pytest.approx(1.0) and r["fig3b.np_auroc_micro"] == 3.0
     assert set(cal.TARGETS).isdisjoint(cal.HELD_OUT)
     assert "fig4e.np_auroc_e" in cal.HELD_OUT and "fig4e.np_auroc_u" in cal.HELD_OUT  # the effect is a prediction
-    assert cal.role("fig4b.clicked_e") == "calibration target (fitted)"
+    assert cal.role("fig4d.self_kappa_nps") == "calibration target (fitted)"
     assert cal.role("fig4e.np_auroc_e") == "not fitted" and cal.role(None) == ""
     for k in (*cal.TARGETS, *cal.HELD_OUT):
         paper.lookup(k)  # every statistic is a paper number

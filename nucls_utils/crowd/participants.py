@@ -84,7 +84,7 @@ _COMMON = {"consistency": 0.9, "consistency_sd": 0.08, "uncertainty_weight": 3.0
 GROUP_PRIORS: dict[str, GroupPrior] = {
     "SP": GroupPrior(True, 0.9, 0.6, 0.2, 300.0, 0.3, 0.6, 0.06, 0.2, 0.85, insight=0.7, subtle_detection=0.8,
                      decoy_detection=0.05, **_COMMON),
-    "JP": GroupPrior(True, 0.85, 0.6, 0.2, 200.0, 0.4, 0.8, 0.07, 0.25, 0.85, insight=0.65, subtle_detection=0.8,
+    "JP": GroupPrior(True, 0.85, 0.6, 0.2, 200.0, 0.4, 0.8, 0.07, 0.2, 0.85, insight=0.65, subtle_detection=0.8,
                      decoy_detection=0.05, **_COMMON),
     "NP": GroupPrior(False, 0.72, 0.65, 0.25, 60.0, 0.6, 1.5, 0.1, 0.5, 0.85, 0.08, insight=0.3, subtle_detection=0.3,
                      decoy_detection=0.3, **{**_COMMON, "consistency": 0.8}),

@@ -301,20 +301,25 @@ def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant
     hi = min(hi, len(nps))
     lo = min(lo, hi)
     out: dict[tuple[str, str, str], list[Nucleus]] = {}
-    for r in records:
-        k = int(rng.integers(lo, hi + 1))
-        chosen = [nps[i] for i in sorted(rng.choice(len(nps), size=k, replace=False))]
+    # independent streams per FOV, and within a FOV per (set, participant) and per participant's judgement: what one
+    # annotation draws does not shift another's draws, so studies simulated with nearby priors stay comparable
+    for r, fov_rng in zip(records, rng.spawn(len(records)), strict=True):
+        design, looks_rng, judgement_rng, reads_rng = fov_rng.spawn(4)
+        k = int(design.integers(lo, hi + 1))
+        chosen = [nps[i] for i in sorted(design.choice(len(nps), size=k, replace=False))]
         # each participant's own judgement of this FOV, the same in every set (see annotate_fov's ``opinion``)
-        opinion_seed = {p.alias: int(rng.integers(2**63)) for p in ps + chosen}
-        looks = fov_looks(r.nuclei, r.image_shape, rng, ambiguity=ambiguity, subtle_share=subtle_share,
+        judgement = dict(zip([p.alias for p in ps + chosen], judgement_rng.spawn(len(ps) + k), strict=True))
+        looks = fov_looks(r.nuclei, r.image_shape, looks_rng, ambiguity=ambiguity, subtle_share=subtle_share,
                           decoys_per_fov=decoys_per_fov)
-        for evalset in EVALSETS:
+        for evalset, set_rng in zip(EVALSETS, reads_rng.spawn(len(EVALSETS)), strict=True):
             shown = suggestions.get(evalset, {}).get(r.name)
             second = (region_classes or {}).get(evalset, {}).get(r.name) if shown is not None else None
-            for p in ps + chosen:
-                out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, rng, shown,
-                                                               opinion=np.random.default_rng(opinion_seed[p.alias]),
-                                                               region_classes=second, looks=looks)
+            for p, read_rng in zip(ps + chosen, set_rng.spawn(len(ps) + k), strict=True):
+                # the judgement stream is copied, so every set starts the participant's judgement afresh from it
+                opinion = np.random.Generator(type(judgement[p.alias].bit_generator)(
+                    judgement[p.alias].bit_generator.seed_seq))
+                out[(evalset, p.alias, r.name)] = annotate_fov(p, r.nuclei, r.image_shape, read_rng, shown,
+                                                               opinion=opinion, region_classes=second, looks=looks)
     return out
 
 
