@@ -10,8 +10,9 @@ Suggestions are shown as the paper showed them: a boundary with the class inheri
 (B-control's bootstrap, and beside the model's class in E and the single-rater data), and in E also the refined
 model's class. Behavioural model: a participant whose own label differs from every shown class adopts one with
 :func:`~nucls_utils.crowd.participants.adoption_probability` (their impressionability, raised when their own
-judgement is uncertain and lowered when it is confident); of two shown classes they take the one they find more
-plausible (the larger entry of their own confusion row for the nucleus). Pathologists are less impressionable than
+judgement is uncertain and lowered when it is confident; their certainty is the weight their confusion row gives
+their label, halved on a nucleus that looks like another class, whether or not they saw through it); of two shown
+classes they take the one they find more plausible (the larger entry of their own confusion row for the nucleus). Pathologists are less impressionable than
 NPs (:data:`~nucls_utils.crowd.participants.GROUP_PRIORS`).
 * :func:`single_rater_study`: each FOV annotated by one NP, shown suggestions (the uncorrected data), and a corrected
   version in which coordinators fix most errors, marking fixes with the ``correction_`` prefix, as in the release.
@@ -176,7 +177,10 @@ def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[in
             shown = [c for c in dict.fromkeys(([region_classes[b]] if region_classes is not None else [])
                                               + [s.raw_class]) if c in CLASS_INDEX and c != "unlabeled"]
             draw = rng.random()
-            if shown and label not in shown and draw < adoption_probability(p, row[CLASS_INDEX[label]] / cdf[-1]):
+            # an ambiguous-looking nucleus is an uncertain one to whoever looks at it, even when fooled by it
+            ambiguous = apparent is not None and apparent[k] != n.raw_class
+            certainty = row[CLASS_INDEX[label]] / cdf[-1] * (0.5 if ambiguous else 1.0)
+            if shown and label not in shown and draw < adoption_probability(p, certainty):
                 label = max(shown, key=lambda c: row[CLASS_INDEX[c]])
             good = iou >= good_boundary_iou
             if rng.random() < (p.click_skill if good else p.bad_click_rate):
