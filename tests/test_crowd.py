@@ -24,7 +24,7 @@ def smoke(smoke_cohort):
 
 def _perfect(p):
     return replace(p, sensitivity=dict.fromkeys(p.sensitivity, 1.0), confusion=np.eye(13),
-                   false_positives_per_fov=0.0, impressionability=0.0, bad_click_rate=0.0)
+                   false_positives_per_fov=0.0, impressionability=0.0, bad_click_rate=0.0, box_jitter=0.0)
 
 
 def _labels_vs_truth(truth, ann):
