@@ -24,7 +24,7 @@ def smoke(smoke_cohort):
 
 def _perfect(p):
     return replace(p, sensitivity=dict.fromkeys(p.sensitivity, 1.0), confusion=np.eye(13),
-                   false_positives_per_fov=0.0, impressionability=0.0, bad_click_rate=0.0)
+                   false_positives_per_fov=0.0, impressionability=0.0, bad_click_rate=0.0, box_jitter=0.0)
 
 
 def _labels_vs_truth(truth, ann):
@@ -120,9 +120,10 @@ def test_multirater_reader_errors(tmp_path):
 
 
 def test_a_participant_judges_a_nucleus_the_same_way_in_every_set(smoke):
-    """Without suggestions, U-control and E differ only by box jitter: same nuclei seen, same classes."""
+    """Without suggestions, U-control and E differ only by box jitter: same nuclei seen, same classes (for
+    participants whose consistency between reads is 1)."""
     rng = np.random.default_rng(3)
-    roster = [replace(p, false_positives_per_fov=0.0) for p in make_roster(rng)]
+    roster = [replace(p, false_positives_per_fov=0.0, consistency=1.0) for p in make_roster(rng)]
     mr = multi_rater_study(smoke[:2], roster, rng, {}, nps_per_fov=(3, 3))
     pairs = [(k, mr[("E",) + k[1:]]) for k in mr if k[0] == "U-control"]
     assert pairs
@@ -133,3 +134,67 @@ def test_a_participant_judges_a_nucleus_the_same_way_in_every_set(smoke):
     a = annotate_fov(roster[-1], truth.nuclei, truth.image_shape, np.random.default_rng(1))
     b = annotate_fov(roster[-1], truth.nuclei, truth.image_shape, np.random.default_rng(2))
     assert sorted(n.raw_class for n in a) != sorted(n.raw_class for n in b)
+
+
+def test_adoption_is_higher_when_unsure():
+    from nucls_utils.crowd.participants import adoption_probability
+
+    p = replace(make_roster(np.random.default_rng(0), 0, 0, 1)[0], impressionability=0.4, uncertainty_weight=0.0)
+    assert adoption_probability(p, [0.0, 0.5, 1.0]) == pytest.approx([0.4, 0.4, 0.4])
+    q = replace(p, uncertainty_weight=4.0)
+    unsure, middle, sure = adoption_probability(q, [0.0, 0.5, 1.0])
+    assert unsure > middle > sure and middle == pytest.approx(0.4)
+    assert adoption_probability(replace(q, impressionability=0.0), [0.0]) == [0.0]
+    assert adoption_probability(replace(q, impressionability=1.0), [1.0]) == [1.0]
+
+
+def test_of_two_suggested_classes_the_more_plausible_is_adopted(smoke):
+    from nucls_utils.crowd.participants import CLASS_INDEX
+
+    rng = np.random.default_rng(4)
+    base = _perfect(make_roster(rng, 0, 0, 1)[0])
+    r = max(smoke, key=lambda x: sum(n.raw_class == "lymphocyte" for n in x.nuclei))
+    lym = [n for n in r.nuclei if n.raw_class == "lymphocyte"]
+    assert len(lym) >= 3
+    conf = np.eye(13)
+    conf[CLASS_INDEX["lymphocyte"]] = 0
+    conf[CLASS_INDEX["lymphocyte"], CLASS_INDEX["plasma_cell"]] = 0.9  # calls lymphocytes plasma cells ...
+    conf[CLASS_INDEX["lymphocyte"], CLASS_INDEX["lymphocyte"]] = 0.1  # ... but finds 'lymphocyte' plausible
+    p = replace(base, confusion=conf, impressionability=1.0, click_skill=0.0)
+    sug = [nio.Nucleus.from_polygon("lymphocyte", n.coords_x, n.coords_y) for n in lym]  # the model's class
+    region = ["tumor"] * len(sug)  # the region's class, shown first
+    ann = annotate_fov(p, lym, r.image_shape, rng, sug, region_classes=region)
+    assert [a.raw_class for a in ann] == ["lymphocyte"] * len(lym)
+    # shown only the region class, the same participant takes it (nothing better on offer)
+    ann = annotate_fov(p, lym, r.image_shape, rng, [n.relabelled("tumor") for n in sug])
+    assert [a.raw_class for a in ann] == ["tumor"] * len(lym)
+    with pytest.raises(ValueError, match="region_classes: 1 classes for"):
+        annotate_fov(p, lym, r.image_shape, rng, sug, region_classes=["tumor"])
+
+
+def test_nuclei_that_look_like_another_class_fool_everyone_without_insight(smoke):
+    from nucls_utils.crowd import apparent_classes
+    from nucls_utils.crowd.study import _PARTNERS
+
+    r = max(smoke, key=lambda x: len(x.nuclei))
+    assert apparent_classes(r.nuclei, np.random.default_rng(0), 0.0) == [n.raw_class for n in r.nuclei]
+    looks = apparent_classes(r.nuclei, np.random.default_rng(0), 1.0)
+    assert all(a in _PARTNERS[n.raw_class] for a, n in zip(looks, r.nuclei, strict=True) if _PARTNERS[n.raw_class])
+    fooled = [replace(_perfect(p), insight=0.0) for p in make_roster(np.random.default_rng(1), 0, 0, 3)]
+    for p in fooled:  # every participant gives the look, not the truth: correlated errors
+        ann = annotate_fov(p, r.nuclei, r.image_shape, np.random.default_rng(2), apparent=looks)
+        assert sorted(a.raw_class for a in ann) == sorted(looks)
+    seer = replace(fooled[0], insight=1.0)
+    ann = annotate_fov(seer, r.nuclei, r.image_shape, np.random.default_rng(2), apparent=looks)
+    assert sorted(a.raw_class for a in ann) == sorted(n.raw_class for n in r.nuclei)
+
+
+def test_consistency_between_reads(smoke):
+    """A participant with consistency 0 judges a FOV afresh in every set; with 1, as the first time."""
+    rng = np.random.default_rng(5)
+    roster = [replace(p, false_positives_per_fov=0.0) for p in make_roster(rng, 0, 0, 4)]
+    fresh = [replace(p, consistency=0.0) for p in roster]
+    mr = multi_rater_study(smoke[:2], fresh, np.random.default_rng(6), {}, nps_per_fov=(4, 4))
+    differ = sum(sorted(n.raw_class for n in mr[k]) != sorted(n.raw_class for n in mr[("E",) + k[1:]])
+                 for k in mr if k[0] == "U-control")
+    assert differ >= 2

@@ -42,18 +42,26 @@ def write_annotation_study(out_dir: str | os.PathLike[str], records: Sequence[Fo
                            bootstrap: Sequence[Sequence[Nucleus]], refined: Sequence[Sequence[Nucleus]],
                            confidences: Sequence[Sequence[float]], multirater_fovs: pd.DataFrame,
                            roster: Sequence[Participant], rng: np.random.Generator, *, seed: int,
-                           nps_per_fov: tuple[int, int] = (10, 20), overwrite: bool = True) -> dict:
+                           nps_per_fov: tuple[int, int] = (10, 20), overwrite: bool = True,
+                           refined_region_classes: Sequence[Sequence[str]] | None = None) -> dict:
     """Simulate the single- and multi-rater annotation of ``records`` and write everything to ``out_dir``.
 
     ``multirater_fovs`` has one row per multi-rater FOV, indexed by position in ``records`` (as returned by
-    :func:`nucls_utils.suggestions.assess.stratified_fov_sample`). Returns the manifest (with ``files``).
+    :func:`nucls_utils.suggestions.assess.stratified_fov_sample`). ``refined_region_classes``: per FOV, the class
+    each refined suggestion inherits from its tissue region, shown beside the model's class in E and in the
+    single-rater data, as in the paper (B-control's bootstrap classes are region-inherited already). Returns the
+    manifest (with ``files``).
     """
     refined_by_name = {r.name: list(n) for r, n in zip(records, refined, strict=True)}
     boot_by_name = {r.name: list(n) for r, n in zip(records, bootstrap, strict=True)}
-    raw, fixed, assignment = single_rater_study(records, roster, rng, suggestions=refined_by_name)
+    region_by_name = None if refined_region_classes is None else {
+        r.name: list(c) for r, c in zip(records, refined_region_classes, strict=True)}
+    raw, fixed, assignment = single_rater_study(records, roster, rng, suggestions=refined_by_name,
+                                                region_classes=region_by_name)
     mr_records = [records[i] for i in multirater_fovs.index]
     mr = multi_rater_study(mr_records, roster, rng, {"B-control": boot_by_name, "E": refined_by_name},
-                           nps_per_fov=nps_per_fov)
+                           nps_per_fov=nps_per_fov,
+                           region_classes=None if region_by_name is None else {"E": region_by_name})
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         roster_frame(roster).to_csv(tmp / "participants.csv", index=False)
         write_dataset(_as_records(records, bootstrap), tmp / "suggestions" / "bootstrap")
@@ -71,6 +79,7 @@ def write_annotation_study(out_dir: str | os.PathLike[str], records: Sequence[Fo
             "seed": int(seed),
             "fovs": len(records),
             "participants": {g: int(sum(p.group == g for p in roster)) for g in ("SP", "JP", "NP")},
+            "region_classes_shown": refined_region_classes is not None,
             "singlerater_annotations": {"uncorrected": sum(len(r.nuclei) for r in raw),
                                         "corrected": sum(len(r.nuclei) for r in fixed)},
             "multirater": {"fovs": len(mr_records), "evalsets": list(EVALSETS),

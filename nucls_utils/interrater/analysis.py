@@ -82,7 +82,7 @@ __all__ = [
     "detection_tally", "ease_of_detection", "detected_by_at_least", "pooled_confusion", "tally_by_truth",
     "constraint_effect", "clustering_example", "dendrogram_example", "truth_vs_generator", "generator_confusion",
     "redundancy_inputs", "hold_total_constant", "summarize_redundancy", "plateau_k", "redundancy_findings",
-    "paper_vs_run", "agreement_paper_vs_run", "redundancy_paper_vs_run",
+    "np_label_roc_vs_generator", "suggestion_effect", "paper_vs_run", "agreement_paper_vs_run", "redundancy_paper_vs_run",
 ]
 
 #: Stage name of notebook 03 (its results folder holds the truth tables).
@@ -1128,6 +1128,36 @@ def _gen_labels(t: pd.DataFrame, level: str) -> pd.Series:
     return g.map(lambda v: _map_one(v, level) if isinstance(v, str) else UNDETECTED).astype(object)
 
 
+def np_label_roc_vs_generator(tt: TruthTables, evalset: str = "E", level: str = "main") -> dict:
+    """:func:`np_label_roc_table` with the generator's truth in place of the P-truth: the NP-label's classification
+    ROC on the anchors the P-truth calls real nuclei and that match a true nucleus whose class is not AMBIGUOUS at
+    ``level``. What the analysis infers about a set (against that set's own P-truth) next to what is true of it
+    (synthetic cohort; call :func:`attach_generator_truth` first)."""
+    t = tt.truth[evalset]
+    g = _gen_labels(t, level)
+    keep = t.index[((g != UNDETECTED) & (g != tx.AMBIGUOUS)).to_numpy()]
+    keep = keep.intersection(_not_ambiguous(t, level))
+    return np_label_roc(np_label_frame(t.loc[keep], level), g.loc[keep])
+
+
+def suggestion_effect(tt: TruthTables, sets: Sequence[str] = ("E", "B-control"), reference: str = _UNBIASED,
+                      level: str = "main") -> pd.DataFrame:
+    """The effect of suggestions on the NP-label (Fig 4e), twice: as the analysis infers it (micro AUROC of each set
+    against its own P-truth) and as it is (against the generator's truth; synthetic cohort). One row per set with
+    suggestions: ``evalset, reference, inferred_auroc, inferred_reference_auroc, inferred_effect, true_auroc,
+    true_reference_auroc, true_effect, same_sign``."""
+    rows = []
+    for s in [s for s in sets if s in tt.truth and reference in tt.truth]:
+        inf_a, inf_b = np_label_roc_table(tt, s, level)["micro"], np_label_roc_table(tt, reference, level)["micro"]
+        true_a = np_label_roc_vs_generator(tt, s, level)["micro"]
+        true_b = np_label_roc_vs_generator(tt, reference, level)["micro"]
+        rows.append({"evalset": s, "reference": reference, "inferred_auroc": inf_a, "inferred_reference_auroc": inf_b,
+                     "inferred_effect": inf_a - inf_b, "true_auroc": true_a, "true_reference_auroc": true_b,
+                     "true_effect": true_a - true_b,
+                     "same_sign": bool(np.sign(inf_a - inf_b) == np.sign(true_a - true_b))})
+    return pd.DataFrame(rows)
+
+
 def truth_vs_generator(tt: TruthTables, levels: Sequence[str] = ("raw", "main", "super")) -> pd.DataFrame:
     """P-truth and NP-label, by EM and by majority vote, against the generator's truth (synthetic cohort).
 
@@ -1291,12 +1321,16 @@ def redundancy_findings(summary: pd.DataFrame, frac: float = 0.95) -> pd.DataFra
 
 def paper_vs_run(rows: Iterable[tuple[str | None, str, float | str | None, str]]) -> pd.DataFrame:
     """A "paper vs this run" table from ``(paper reference, quantity, this run, note)`` rows: the paper's value and
-    source come from :mod:`nucls_utils.paper` (reference ``None``: a row the paper has no number for); numbers are
+    source come from :mod:`nucls_utils.paper` (reference ``None``: a row the paper has no number for), ``role`` says
+    whether the simulated crowd was fitted to the row (:func:`nucls_utils.crowd.calibrate.role`); numbers are
     rounded to 3 significant digits for display, NaN shown empty."""
+    from ..crowd.calibrate import role
+
     out = pd.DataFrame([paper.row(ref, q, v, note) if ref is not None else
                         {"quantity": q, "paper": None, "this_run": v, "note": note, "source": None, "paper_key": None}
                         for ref, q, v, note in rows],
                        columns=["quantity", "paper", "this_run", "note", "source", "paper_key"])
+    out.insert(4, "role", [role(k) for k in out["paper_key"]])
     for c in ("paper", "this_run"):
         out[c] = [(float(f"{v:.3g}") if isinstance(v, float | np.floating) and np.isfinite(v) else v)
                   if v is not None else None for v in out[c]]
@@ -1307,7 +1341,7 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
                            self_agree: pd.DataFrame, auroc_boot: pd.DataFrame, auroc_tests: pd.DataFrame,
                            np_accuracy: pd.DataFrame, ease16: pd.DataFrame, n_fovs: int,
                            clicked: pd.DataFrame | None = None, boundaries: pd.DataFrame | None = None,
-                           evalset: str = "E") -> pd.DataFrame:
+                           evalset: str = "E", effect: pd.DataFrame | None = None) -> pd.DataFrame:
     """The "paper vs this run" table of notebook 03 from its results (percentages as the paper quotes them)."""
     def alpha_at(raters: str, level: str) -> float:
         a = alpha[(alpha["min_iou"] == PRIMARY_IOU) & (alpha["raters"] == raters) & (alpha["level"] == level)
@@ -1370,6 +1404,14 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
          ease.at["fibroblasts", "percent"] if "fibroblasts" in ease.index else np.nan,
          f"of {int(ease.at['fibroblasts', 'n']) if 'fibroblasts' in ease.index else 0} fibroblasts (E)"),
     ]
+    if effect is not None and len(effect) and evalset in set(effect["evalset"]):
+        eff = effect.set_index("evalset").loc[evalset]
+        rows += [(None, f"NP-label AUROC micro, {evalset}, vs the generator's truth", eff["true_auroc"],
+                  "the true accuracy the analysis above estimates"),
+                 (None, "NP-label AUROC micro, U-control, vs the generator's truth", eff["true_reference_auroc"], ""),
+                 (None, f"effect of suggestions ({evalset} - U-control), inferred vs true",
+                  f"{eff['inferred_effect']:+.3f} vs {eff['true_effect']:+.3f}",
+                  "same sign" if eff["same_sign"] else "OPPOSITE SIGNS: the analysis misreads the planted effect")]
     if clicked is not None and len(clicked):
         e = clicked[clicked["evalset"] == evalset]["psegmented"]
         rows += [("fig4b.clicked_e", "clicked suggestions per participant, E, mean %",

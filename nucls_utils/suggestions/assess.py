@@ -165,7 +165,8 @@ def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None
     clicked_e : Series, optional
         Per participant of the E set, the percent of suggestions whose boundary was clicked.
 
-    Returns ``quantity, paper, this_run, note, source, paper_key`` (paper values from :mod:`nucls_utils.paper`).
+    Returns ``quantity, paper, this_run, note, role, source, paper_key`` (paper values from
+    :mod:`nucls_utils.paper`; ``role``: whether the simulated crowd was fitted to the row).
     """
     first = s2[s2["reference"] == s2["reference"].iloc[0]].set_index("suggestions")
     refs = [("tableS2.bootstrap_f1", "bootstrap detection F1", "bootstrap", "F1"),
@@ -184,6 +185,9 @@ def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None
         rows += [("fig4b.clicked_e", "clicked boundaries per participant, E, mean %", float(clicked_e.mean())),
                  ("fig4b.clicked_e:sd", "clicked boundaries per participant, E, SD %", float(clicked_e.std()))]
     rows += [(ref, q, float(first.at[name, col])) for ref, q, name, col in refs if name in first.index]
+    from ..crowd.calibrate import role
+
     out = pd.DataFrame([paper.row(ref, q, round(v, 1) if np.isfinite(v) else v,
                                   "" if np.isfinite(v) else "not defined on this run") for ref, q, v in rows])
+    out.insert(4, "role", [role(k) for k in out["paper_key"]])
     return out
