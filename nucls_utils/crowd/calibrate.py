@@ -10,17 +10,20 @@ The procedure (simulation-based, seeded, run as a script and never inside ``run_
 2. **One evaluation** of a set of priors: a roster drawn from them annotates the multi-rater FOVs in the three sets
    (:func:`~nucls_utils.crowd.study.multi_rater_study`, suggestions shown as the paper showed them), and the study's
    own analysis (clustering at IOU 0.25, EM, :mod:`nucls_utils.interrater.analysis`) turns the annotations into the
-   statistics the paper reports (:func:`crowd_statistics`). The roster and study seeds are fixed across evaluations
-   (common random numbers), so that differences between evaluations come from the priors, not from the draw.
-3. **The fit.** Free parameters (:data:`FREE`, each on an unbounded scale: logit or log) move the group priors;
-   residuals are ``(statistic - paper) / tolerance`` over :data:`TARGETS`, with the paper's SD as the tolerance where
-   it gives one and 10 % of the value otherwise. A Levenberg-Marquardt iteration with forward-difference Jacobians
-   minimises their sum of squares; each iteration's steps are evaluated and the best kept.
+   statistics the paper reports (:func:`crowd_statistics`), averaged over two roster/study seed pairs. The seeds are
+   fixed across evaluations and every FOV, set and participant draws from its own stream (common random numbers),
+   so that differences between evaluations come from the priors, not from the draw.
+3. **The fit.** Free parameters (:data:`FREE`, each on an unbounded scale: logit, log, or a fraction of the NPs'
+   value) move the group priors; residuals are ``(statistic - paper) / tolerance`` over :data:`TARGETS`, with the
+   paper's SD as the tolerance where it gives one and 10 % of the value otherwise, plus a prior term
+   (:data:`PRIOR_SD`). A Levenberg-Marquardt iteration with forward-difference Jacobians minimises their sum of
+   squares; each iteration's steps are evaluated and the best kept.
 4. **The check.** The fitted priors are evaluated on fresh roster and study seeds (``--check-seeds``): every target
    and every held-out statistic (:data:`HELD_OUT`), paper vs simulated (mean and SD over the seeds).
 
-The result is written as JSON (fitted priors, targets, per-iteration history, the check); the priors are copied into
-:data:`nucls_utils.crowd.participants.GROUP_PRIORS` with the command and its date.
+The result is written as JSON (fitted priors, targets, per-iteration history, the check); the fitted values are
+copied into :data:`nucls_utils.crowd.participants.GROUP_PRIORS` and :data:`nucls_utils.crowd.study.AMBIGUITY`, with
+the command, its date and the check in :data:`nucls_utils.crowd.participants.CALIBRATION`.
 
 What is fitted and what is found: every statistic in :data:`TARGETS` is a calibration target (it was fitted; that
 the simulated crowd matches it is not a finding). The statistics in :data:`HELD_OUT`, among them the effect of
@@ -45,7 +48,7 @@ from ..io.dataset import FovRecord, Nucleus
 from .participants import GROUP_PRIORS, GroupPrior, make_roster, roster_frame
 from .study import AMBIGUITY, DECOYS_PER_FOV, SUBTLE_SHARE, multi_rater_study
 
-__all__ = ["TARGETS", "HELD_OUT", "FREE", "FreeParameter", "CrowdModel", "CALIBRATION_SEED", "CalibrationInputs",
+__all__ = ["TARGETS", "HELD_OUT", "FREE", "PRIOR_SD", "FreeParameter", "CrowdModel", "CALIBRATION_SEED", "CalibrationInputs",
            "calibration_inputs", "apply_parameters", "parameters_of", "crowd_statistics", "simulate_statistics",
            "tolerance", "residuals", "fit", "check", "role", "main"]
 
