@@ -79,7 +79,9 @@ TARGETS: dict[str, str] = {
 #: * The clicked shares depend first on how many nuclei get a suggested boundary at all: the cpu profile's refiner
 #:   gives one to about a third of the nuclei (paper: recall 48 %), so they would measure the refiner, not the
 #:   participants; the click priors stay hand-set until the refiner is trained like the paper's (issue 16).
-#: * The effect of suggestions (E vs U-control): the finding the calibrated crowd is asked to predict.
+#: * The effect of suggestions (E vs U-control): its mechanism is planted and hand-set (recognition,
+#:   :data:`~nucls_utils.crowd.participants.RECOGNITION`, against adoption of wrong suggestions); how large it comes
+#:   out on the NP-label, and whether the analysis reads it with the right sign, is what the check reports.
 HELD_OUT: dict[str, str] = {
     "fig3a.np_detection_ap": "NP-label detection AP, E, anchors at IOU 0.25",
     "fig3b.np_auroc_macro": "NP-label AUROC macro, E, main classes",
@@ -128,8 +130,9 @@ class CrowdModel:
 #: parameter with no group belongs to the FOVs, not to a group. Pathologists' impressionability is a fitted fraction
 #: of the NPs' (the behavioural model says they adopt suggestions less readily). Fixed (stated, not fitted): per-class
 #: sensitivities and their spread, false positives, decoys and subtle nuclei, box jitter, the weight of one's own
-#: uncertainty on adopting a suggestion, the click skills and bad-click rates (see :data:`HELD_OUT`) and the NPs per
-#: FOV (10-20).
+#: uncertainty on adopting a suggestion, recognition (the planted effect of suggestions), the click skills and
+#: bad-click rates (see :data:`HELD_OUT`) and the NPs per FOV (10-20). The groups' skill spread (``skill_sd``: how
+#: much participants differ in telling classes apart) is fitted, for the per-NP MCC range and the kappa SDs.
 FREE: tuple[FreeParameter, ...] = (
     FreeParameter("ambiguity", (), "ambiguity", "logit"),
     FreeParameter("np_insight", ("NP",), "insight", "logit"),
@@ -139,8 +142,11 @@ FREE: tuple[FreeParameter, ...] = (
     FreeParameter("p_accuracy", ("SP", "JP"), "accuracy", "logit", (0.0, -0.05)),
     FreeParameter("np_consistency", ("NP",), "consistency", "logit"),
     FreeParameter("p_consistency", ("SP", "JP"), "consistency", "logit"),
-    FreeParameter("consistency_sd", ("SP", "JP", "NP"), "consistency_sd", "log"),
+    FreeParameter("np_consistency_sd", ("NP",), "consistency_sd", "log"),
+    FreeParameter("p_consistency_sd", ("SP", "JP"), "consistency_sd", "log"),
     FreeParameter("np_impressionability", ("NP",), "impressionability", "logit"),
+    FreeParameter("np_skill_sd", ("NP",), "skill_sd", "log"),
+    FreeParameter("p_skill_sd", ("SP", "JP"), "skill_sd", "log"),
     FreeParameter("p_impressionability_ratio", ("SP", "JP"), "impressionability", "ratio"),
 )
 #: SD of the fit's prior on each free parameter's unbounded scale: the fit minimises the targets' squared
@@ -290,7 +296,8 @@ def simulate_statistics(model: CrowdModel, inputs: CalibrationInputs, *, roster_
                         true_effect: bool = False) -> dict[str, float]:
     """Draw a roster from ``model.priors``, simulate the multi-rater study on ``inputs`` and return
     :func:`crowd_statistics` (with ``true_effect``, also the NP-label AUROC of E and U-control against the
-    generator's truth: ``true.np_auroc_e``, ``true.np_auroc_u``)."""
+    generator's truth: ``true.np_auroc_e``, ``true.np_auroc_u``, and its true class accuracy: ``true.np_accuracy_e``,
+    ``true.np_accuracy_u``)."""
     from ..interrater import analysis as an
     from ..io.multirater import multirater_frame
 
@@ -307,6 +314,8 @@ def simulate_statistics(model: CrowdModel, inputs: CalibrationInputs, *, roster_
         an.attach_generator_truth(tt, inputs.records)
         out["true.np_auroc_e"] = float(an.np_label_roc_vs_generator(tt, "E", "main")["micro"])
         out["true.np_auroc_u"] = float(an.np_label_roc_vs_generator(tt, "U-control", "main")["micro"])
+        out["true.np_accuracy_e"] = an.np_label_accuracy_vs_generator(tt, "E", "main")
+        out["true.np_accuracy_u"] = an.np_label_accuracy_vs_generator(tt, "U-control", "main")
     return out
 
 
@@ -330,26 +339,44 @@ def residuals(stats: Mapping[str, float], keys: Sequence[str] = tuple(TARGETS)) 
 # ---------------------------------------------------------------------------------------------------------------
 # the fit
 # ---------------------------------------------------------------------------------------------------------------
+_FIT: tuple | None = None  # (start model, inputs, roster seeds, study seeds, theta_start) of the running fit
+
+
+def _evaluate(theta) -> tuple[dict, np.ndarray, float, float]:
+    """One evaluation of the running fit (:data:`_FIT`): mean statistics over its seed pairs, residuals (targets,
+    then the prior term), cost and seconds."""
+    start, inputs, roster_seeds, study_seeds, theta_start = _FIT
+    t0 = time.perf_counter()
+    runs = [simulate_statistics(apply_parameters(theta, start), inputs, roster_seed=rs, study_seed=ss)
+            for rs, ss in zip(roster_seeds, study_seeds, strict=True)]
+    stats = {k: float(np.nanmean([r[k] for r in runs])) for k in runs[0]}
+    r = np.concatenate([residuals(stats), (np.asarray(theta) - theta_start) / PRIOR_SD])
+    return stats, r, float(r @ r), time.perf_counter() - t0
+
+
 def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iterations: int = 5,
         step: float = 0.25, roster_seeds: Sequence[int] = (0, 1), study_seeds: Sequence[int] = (100, 101),
-        log: Callable[[str], object] | None = print) -> dict:
+        log: Callable[[str], object] | None = print, workers: int = 1) -> dict:
     """Levenberg-Marquardt on the free parameters (forward differences of ``step`` on the unbounded scale), each
     evaluation the mean statistics of the studies simulated with ``roster_seeds`` and ``study_seeds`` (the same
     seeds every time), the cost the targets' squared residuals plus the prior's (:data:`PRIOR_SD`).
+
+    ``workers`` > 1 evaluates a Jacobian's columns in that many forked processes (same seeds, same result).
 
     Returns ``{"theta", "model", "stats", "cost", "history"}`` of the best evaluation seen.
     """
     start = start or CrowdModel(GROUP_PRIORS)
 
     theta_start = parameters_of(start)
+    global _FIT
+    _FIT = (start, inputs, tuple(roster_seeds), tuple(study_seeds), theta_start)
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("fork").Pool(workers)  # the workers inherit _FIT; only theta travels
 
     def evaluate(theta):
-        t0 = time.perf_counter()
-        runs = [simulate_statistics(apply_parameters(theta, start), inputs, roster_seed=rs, study_seed=ss)
-                for rs, ss in zip(roster_seeds, study_seeds, strict=True)]
-        stats = {k: float(np.nanmean([r[k] for r in runs])) for k in runs[0]}
-        r = np.concatenate([residuals(stats), (np.asarray(theta) - theta_start) / PRIOR_SD])
-        return stats, r, float(r @ r), time.perf_counter() - t0
+        return _evaluate(theta)
 
     theta = theta_start
     stats, r, cost, dt = evaluate(theta)
@@ -360,11 +387,9 @@ def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iteration
     lam = 1.0
     for it in range(1, iterations + 1):
         theta0, r0 = best["theta"], best["r"]
-        jac = np.zeros((len(r0), len(theta0)))
-        for j in range(len(theta0)):
-            th = theta0.copy()
-            th[j] += step
-            jac[:, j] = (evaluate(th)[1] - r0) / step
+        shifted = [theta0 + step * np.eye(len(theta0))[j] for j in range(len(theta0))]
+        columns = pool.map(_evaluate, shifted) if pool is not None else [evaluate(th) for th in shifted]
+        jac = np.stack([(c[1] - r0) / step for c in columns], axis=1)
         improved = False
         for trial_lam in (lam, lam * 10):
             a = jac.T @ jac
@@ -384,6 +409,8 @@ def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iteration
             lam *= 10
         if best["cost"] < 0.05 * len(TARGETS):
             break
+    if pool is not None:
+        pool.close()
     return {"theta": best["theta"].tolist(), "model": apply_parameters(best["theta"], start), "stats": best["stats"],
             "cost": best["cost"], "history": history}
 
@@ -400,11 +427,19 @@ def check(model: CrowdModel, inputs: CalibrationInputs, seeds: Sequence[int] = (
                          "tolerance": round(tolerance(k), 3), "mean": float(np.nanmean(vals)),
                          "sd": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else np.nan,
                          "within": bool(abs(np.nanmean(vals) - float(paper.lookup(k))) <= tolerance(k))})
-    for k in ("true.np_auroc_e", "true.np_auroc_u"):
+    for r in runs:
+        r["effect.inferred"] = r["fig4e.np_auroc_e"] - r["fig4e.np_auroc_u"]
+        r["effect.true"] = r["true.np_auroc_e"] - r["true.np_auroc_u"]
+        r["effect.true_accuracy"] = r["true.np_accuracy_e"] - r["true.np_accuracy_u"]
+    for k, what in (("true.np_auroc_e", "NP-label AUROC micro, E, vs the generator's truth"),
+                    ("true.np_auroc_u", "NP-label AUROC micro, U-control, vs the generator's truth"),
+                    ("effect.inferred", "E minus U-control, NP-label AUROC micro, as the analysis infers it"),
+                    ("effect.true", "E minus U-control, NP-label AUROC micro, against the generator's truth"),
+                    ("effect.true_accuracy", "E minus U-control, NP-label true class accuracy (generator's truth)")):
         vals = np.array([r[k] for r in runs], dtype=float)
-        rows.append({"statistic": k, "role": "generator truth", "what": "NP-label AUROC micro vs the generator's truth",
-                     "paper": None, "tolerance": np.nan, "mean": float(np.nanmean(vals)),
-                     "sd": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else np.nan, "within": None})
+        rows.append({"statistic": k, "role": "generator truth", "what": what, "paper": None, "tolerance": np.nan,
+                     "mean": float(np.nanmean(vals)), "sd": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else np.nan,
+                     "within": None, "values": [round(float(v), 4) for v in vals]})
     return pd.DataFrame(rows)
 
 
@@ -415,12 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--check-seeds", type=int, nargs="*", default=[11, 12, 13])
     ap.add_argument("--out", required=True, help="JSON file for the result")
+    ap.add_argument("--workers", type=int, default=1, help="processes for a Jacobian's columns (same result)")
     args = ap.parse_args(argv)
     if args.seed == 0:
         ap.error("--seed 0 is the study's default cohort: calibrate on a world of its own")
     t0 = time.perf_counter()
     inputs = calibration_inputs(args.profile, args.seed)
-    result = fit(inputs, iterations=args.iterations)
+    result = fit(inputs, iterations=args.iterations, workers=args.workers)
     table = check(result["model"], inputs, args.check_seeds)
     print(table.to_string(index=False))
     out = {"command": f"python -m nucls_utils.crowd.calibrate --profile {args.profile} --seed {args.seed} "

@@ -12,8 +12,12 @@ model's class. Behavioural model: a participant whose own label differs from eve
 :func:`~nucls_utils.crowd.participants.adoption_probability` (their impressionability, raised when their own
 judgement is uncertain and lowered when it is confident; their certainty is the weight their confusion row gives
 their label, halved on a nucleus that looks like another class, whether or not they saw through it); of two shown
-classes they take the one they find more plausible (the larger entry of their own confusion row for the nucleus). Pathologists are less impressionable than
-NPs (:data:`~nucls_utils.crowd.participants.GROUP_PRIORS`).
+classes they take the one they find more plausible (the larger entry of their own confusion row for the nucleus).
+Pathologists are less impressionable than NPs (:data:`~nucls_utils.crowd.participants.GROUP_PRIORS`). Before that, a
+shown class that names what a nucleus truly is may prompt a second look (*recognition*, the planted effect): on a
+nucleus that looks like another class, the participant sees through the look with their insight raised by
+``(1 - insight) * recognition``. So correct suggestions help through recognition and wrong ones hurt through
+adoption; the net effect on a set's labels is measured, not set.
 * :func:`single_rater_study`: each FOV annotated by one NP, shown suggestions (the uncorrected data), and a corrected
   version in which coordinators fix most errors, marking fixes with the ``correction_`` prefix, as in the release.
 * :func:`multi_rater_study`: a shared set of FOVs annotated in three sets, U-control (no suggestions), B-control
@@ -57,7 +61,7 @@ def _jittered_box(n: Nucleus, jitter: float, shape: tuple[int, int], rng: np.ran
 
 #: Share of nuclei that look like one of their confusable partners (:func:`apparent_classes`): a property of the
 #: nuclei, the same for every participant (fitted with the crowd's priors, see :mod:`.calibrate`).
-AMBIGUITY = 0.3681
+AMBIGUITY = 0.3809
 #: Share of nuclei that are subtle (faint, small, crowded: harder to see for everyone) and decoys per FOV (objects
 #: that look like a nucleus and are not): properties of the FOV (:func:`fov_looks`), hand-set (not fitted).
 SUBTLE_SHARE = 0.2
@@ -166,16 +170,20 @@ def annotate_fov(p: Participant, truth: Sequence[Nucleus], image_shape: tuple[in
     for k, n in enumerate(truth):
         if u_seen[k] >= p.sensitivity[n.raw_class] * (p.subtle_detection if subtle[k] else 1.0):
             continue
-        seen = n.raw_class if apparent is None or u_insight[k] < p.insight else apparent[k]
-        row = p.confusion[CLASS_INDEX[seen]]
-        cdf = np.cumsum(row)
-        label = CLASSES[min(int(np.searchsorted(cdf, u_label[k] * cdf[-1], side="right")), len(CLASSES) - 1)]
-        geometry = None
+        shown: list[str] = []
         if k in sug_of:
             b, iou = sug_of[k]
             s = suggestions[b]
             shown = [c for c in dict.fromkeys(([region_classes[b]] if region_classes is not None else [])
                                               + [s.raw_class]) if c in CLASS_INDEX and c != "unlabeled"]
+        # a shown class that names what the nucleus truly is prompts a second look (recognition)
+        insight = p.insight + (1 - p.insight) * p.recognition if n.raw_class in shown else p.insight
+        seen = n.raw_class if apparent is None or u_insight[k] < insight else apparent[k]
+        row = p.confusion[CLASS_INDEX[seen]]
+        cdf = np.cumsum(row)
+        label = CLASSES[min(int(np.searchsorted(cdf, u_label[k] * cdf[-1], side="right")), len(CLASSES) - 1)]
+        geometry = None
+        if k in sug_of:
             draw = rng.random()
             # an ambiguous-looking nucleus is an uncertain one to whoever looks at it, even when fooled by it
             ambiguous = apparent is not None and apparent[k] != n.raw_class

@@ -82,7 +82,7 @@ __all__ = [
     "detection_tally", "ease_of_detection", "detected_by_at_least", "pooled_confusion", "tally_by_truth",
     "constraint_effect", "clustering_example", "dendrogram_example", "truth_vs_generator", "generator_confusion",
     "redundancy_inputs", "hold_total_constant", "summarize_redundancy", "plateau_k", "redundancy_findings",
-    "np_label_roc_vs_generator", "suggestion_effect", "paper_vs_run", "agreement_paper_vs_run", "redundancy_paper_vs_run",
+    "np_label_roc_vs_generator", "np_label_accuracy_vs_generator", "suggestion_effect", "paper_vs_run", "agreement_paper_vs_run", "redundancy_paper_vs_run",
 ]
 
 #: Stage name of notebook 03 (its results folder holds the truth tables).
@@ -1140,25 +1140,39 @@ def np_label_roc_vs_generator(tt: TruthTables, evalset: str = "E", level: str = 
     return np_label_roc(np_label_frame(t.loc[keep], level), g.loc[keep])
 
 
+def np_label_accuracy_vs_generator(tt: TruthTables, evalset: str = "E", level: str = "main") -> float:
+    """The generator's true accuracy of a set's NP-label: the share of true nuclei that the NP EM label calls a
+    nucleus and gives their true class at ``level`` (``class_accuracy`` of :func:`truth_vs_generator`)."""
+    v = truth_vs_generator(tt, (level,), (evalset,), ("NPs",))
+    v = v[(v["method"] == "EM") & (v["metric"] == "class_accuracy")]["value"]
+    return float(v.iloc[0]) if len(v) else np.nan
+
+
 def suggestion_effect(tt: TruthTables, sets: Sequence[str] = ("E", "B-control"), reference: str = _UNBIASED,
                       level: str = "main") -> pd.DataFrame:
-    """The effect of suggestions on the NP-label (Fig 4e), twice: as the analysis infers it (micro AUROC of each set
-    against its own P-truth) and as it is (against the generator's truth; synthetic cohort). One row per set with
-    suggestions: ``evalset, reference, inferred_auroc, inferred_reference_auroc, inferred_effect, true_auroc,
-    true_reference_auroc, true_effect, same_sign``."""
+    """The effect of suggestions on the NP-label (Fig 4e), as the analysis infers it (micro AUROC of each set
+    against its own P-truth) and as it is (against the generator's truth; synthetic cohort): the AUROC of the same
+    EM probabilities against the generator's classes, and the NP-label's true class accuracy
+    (:func:`np_label_accuracy_vs_generator`). One row per set with suggestions: ``evalset, reference,
+    inferred_auroc, inferred_reference_auroc, inferred_effect, true_auroc, true_reference_auroc, true_effect,
+    same_sign, true_accuracy, true_reference_accuracy, true_accuracy_effect``."""
     rows = []
     for s in [s for s in sets if s in tt.truth and reference in tt.truth]:
         inf_a, inf_b = np_label_roc_table(tt, s, level)["micro"], np_label_roc_table(tt, reference, level)["micro"]
         true_a = np_label_roc_vs_generator(tt, s, level)["micro"]
         true_b = np_label_roc_vs_generator(tt, reference, level)["micro"]
+        acc_a = np_label_accuracy_vs_generator(tt, s, level)
+        acc_b = np_label_accuracy_vs_generator(tt, reference, level)
         rows.append({"evalset": s, "reference": reference, "inferred_auroc": inf_a, "inferred_reference_auroc": inf_b,
                      "inferred_effect": inf_a - inf_b, "true_auroc": true_a, "true_reference_auroc": true_b,
                      "true_effect": true_a - true_b,
-                     "same_sign": bool(np.sign(inf_a - inf_b) == np.sign(true_a - true_b))})
+                     "same_sign": bool(np.sign(inf_a - inf_b) == np.sign(true_a - true_b)),
+                     "true_accuracy": acc_a, "true_reference_accuracy": acc_b, "true_accuracy_effect": acc_a - acc_b})
     return pd.DataFrame(rows)
 
 
-def truth_vs_generator(tt: TruthTables, levels: Sequence[str] = ("raw", "main", "super")) -> pd.DataFrame:
+def truth_vs_generator(tt: TruthTables, levels: Sequence[str] = ("raw", "main", "super"),
+                       evalsets: Sequence[str] | None = None, whos: Sequence[str] = ("Ps", "NPs")) -> pd.DataFrame:
     """P-truth and NP-label, by EM and by majority vote, against the generator's truth (synthetic cohort).
 
     Items: per set and group, the anchors on which EM ran (detected by >= 2 members of the group in U-control and
@@ -1169,11 +1183,15 @@ def truth_vs_generator(tt: TruthTables, levels: Sequence[str] = ("raw", "main", 
     Metrics (long format): ``label_accuracy`` (class or not-a-nucleus, all items); ``detection_f1`` (nucleus vs
     not); ``class_accuracy`` (items that are true nuclei and that the method calls a nucleus).
 
+    ``evalsets`` and ``whos`` restrict the sets and groups (default: all).
+
     Returns DataFrame: evalset, who, method, level, metric, n, value.
     """
     rows = []
     for s, t in tt.truth.items():
-        for who in ("Ps", "NPs"):
+        if evalsets is not None and s not in evalsets:
+            continue
+        for who in whos:
             col = _label_col(who, "raw")
             if col not in t.columns:
                 continue
@@ -1411,7 +1429,10 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
                  (None, "NP-label AUROC micro, U-control, vs the generator's truth", eff["true_reference_auroc"], ""),
                  (None, f"effect of suggestions ({evalset} - U-control), inferred vs true",
                   f"{eff['inferred_effect']:+.3f} vs {eff['true_effect']:+.3f}",
-                  "same sign" if eff["same_sign"] else "OPPOSITE SIGNS: the analysis misreads the planted effect")]
+                  "same sign" if eff["same_sign"] else "OPPOSITE SIGNS: the analysis misreads the planted effect"),
+                 (None, f"NP-label true class accuracy x 100, {evalset} vs U-control",
+                  f"{100 * eff['true_accuracy']:.1f} vs {100 * eff['true_reference_accuracy']:.1f}",
+                  "share of true nuclei the NP-label gives their true main class (generator's truth)")]
     if clicked is not None and len(clicked):
         e = clicked[clicked["evalset"] == evalset]["psegmented"]
         rows += [("fig4b.clicked_e", "clicked suggestions per participant, E, mean %",
