@@ -374,43 +374,42 @@ def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iteration
     if workers > 1:
         import multiprocessing as mp
         pool = mp.get_context("fork").Pool(workers)  # the workers inherit _FIT; only theta travels
-
-    def evaluate(theta):
-        return _evaluate(theta)
-
-    theta = theta_start
-    stats, r, cost, dt = evaluate(theta)
-    history = [{"iteration": 0, "cost": cost, "theta": theta.tolist(), "seconds": dt}]
-    best = {"theta": theta, "stats": stats, "cost": cost, "r": r}
-    if log:
-        log(f"start: cost {cost:.2f} ({dt:.0f} s per evaluation)")
-    lam = 1.0
-    for it in range(1, iterations + 1):
-        theta0, r0 = best["theta"], best["r"]
-        shifted = [theta0 + step * np.eye(len(theta0))[j] for j in range(len(theta0))]
-        columns = pool.map(_evaluate, shifted) if pool is not None else [evaluate(th) for th in shifted]
-        jac = np.stack([(c[1] - r0) / step for c in columns], axis=1)
-        improved = False
-        for trial_lam in (lam, lam * 10):
-            a = jac.T @ jac
-            delta = -np.linalg.solve(a + trial_lam * np.diag(np.diag(a) + 1e-6), jac.T @ r0)
-            delta = np.clip(delta, -1.5, 1.5)
-            th = theta0 + delta
-            stats, r, cost, _ = evaluate(th)
-            history.append({"iteration": it, "lambda": trial_lam, "cost": cost, "theta": th.tolist()})
-            if cost < best["cost"]:
-                best = {"theta": th, "stats": stats, "cost": cost, "r": r}
-                lam = max(trial_lam / 3, 1e-3)
-                improved = True
-                break
+    try:
+        theta = theta_start
+        stats, r, cost, dt = _evaluate(theta)
+        history = [{"iteration": 0, "cost": cost, "theta": theta.tolist(), "seconds": dt}]
+        best = {"theta": theta, "stats": stats, "cost": cost, "r": r}
         if log:
-            log(f"iteration {it}: cost {best['cost']:.2f}" + ("" if improved else " (no step improved; damping up)"))
-        if not improved:
-            lam *= 10
-        if best["cost"] < 0.05 * len(TARGETS):
-            break
-    if pool is not None:
-        pool.close()
+            log(f"start: cost {cost:.2f} ({dt:.0f} s per evaluation)")
+        lam = 1.0
+        for it in range(1, iterations + 1):
+            theta0, r0 = best["theta"], best["r"]
+            shifted = list(theta0 + step * np.eye(len(theta0)))
+            columns = (pool.map if pool is not None else map)(_evaluate, shifted)
+            jac = np.stack([(c[1] - r0) / step for c in columns], axis=1)
+            improved = False
+            for trial_lam in (lam, lam * 10):
+                a = jac.T @ jac
+                delta = -np.linalg.solve(a + trial_lam * np.diag(np.diag(a) + 1e-6), jac.T @ r0)
+                delta = np.clip(delta, -1.5, 1.5)
+                th = theta0 + delta
+                stats, r, cost, _ = _evaluate(th)
+                history.append({"iteration": it, "lambda": trial_lam, "cost": cost, "theta": th.tolist()})
+                if cost < best["cost"]:
+                    best = {"theta": th, "stats": stats, "cost": cost, "r": r}
+                    lam = max(trial_lam / 3, 1e-3)
+                    improved = True
+                    break
+            if log:
+                log(f"iteration {it}: cost {best['cost']:.2f}" + ("" if improved else " (no step improved; damping up)"))
+            if not improved:
+                lam *= 10
+            if best["cost"] < 0.05 * len(TARGETS):
+                break
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _FIT = None
     return {"theta": best["theta"].tolist(), "model": apply_parameters(best["theta"], start), "stats": best["stats"],
             "cost": best["cost"], "history": history}
 
