@@ -191,6 +191,10 @@ touch "$STARTED"
 echo "[run] profile=$PROFILE seed=$SEED data=$DATA out=$OUT"
 
 declare -a TIMES=()
+# the shared trunk the cpu models start from (nucls_utils.model.pretrain): built once, then reused from data/
+t0=$(date +%s)
+"$PY" -m nucls_utils.model.pretrain --profile "$PROFILE"
+TIMES+=("pretraining(trunk) $(( $(date +%s) - t0 ))")
 CURRENT=""
 for nb in "${NOTEBOOKS[@]}"; do
     stem="${nb%.ipynb}"

@@ -369,15 +369,16 @@ class NucleusMaskRCNN(_maskrcnn_base()):
         return Detections.from_model_output(out, self.classes)
 
 
-def _load_imagenet_resnet18():
+def _load_imagenet_resnet18(warn: bool = True):
     """ImageNet ResNet-18 weights when torchvision can load them (cache or network), else ``None``."""
     from torchvision.models import ResNet18_Weights
 
     try:
         return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # offline, proxy, corrupt cache: train from scratch and say so
-        warnings.warn(f"ImageNet ResNet-18 weights unavailable ({type(exc).__name__}: {exc}); "
-                      "the backbone is trained from scratch", stacklevel=3)
+        if warn:
+            warnings.warn(f"ImageNet ResNet-18 weights unavailable ({type(exc).__name__}: {exc}); "
+                          "the backbone is trained from scratch", stacklevel=3)
         return None
 
 
@@ -390,6 +391,11 @@ def _backbone(config: ModelConfig) -> tuple[nn.Module, int, str]:
     if config.weights == "imagenet":
         state = _load_imagenet_resnet18()
         source = "imagenet" if state is not None else "scratch (ImageNet weights unavailable)"
+    elif config.weights and config.weights.startswith("pretrained:"):
+        from .pretrain import weights_path
+
+        state = torch.load(weights_path(config.weights), map_location="cpu", weights_only=True)
+        source = f"synthetic-pretrained trunk {config.weights[len('pretrained:'):]}"
     elif config.weights not in (None, "", "none"):
         path = Path(config.weights)
         if not path.is_file():

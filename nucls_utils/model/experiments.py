@@ -26,7 +26,7 @@ from .detections import Detections
 from .train import TrainConfig, profile_configs
 
 __all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment",
-           "fold_split", "FOLD_TEST_TABLE_NOTE"]
+           "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
 
 #: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
 EXPERIMENT_MANIFEST = "experiment_manifest.json"
@@ -172,7 +172,7 @@ class ExperimentData:
 
 def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, *, profile: str,
                    train_config: TrainConfig | None = None, seed: int = 0, progress: bool = True,
-                   curves: bool = False, device: str | None = None) -> dict:
+                   curves: bool = False, device: str | None = None, classifier_config=None) -> dict:
     """Train (or reuse) the model of ``exp`` and store its predictions on the fold's test sets.
 
     Returns a summary dict (name, training seconds, seconds per update, weights source, test FOV counts, and
@@ -183,7 +183,8 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     (a key over the experiment, schedule, seed, the training and test data and the detector it reuses, plus the
     sha256 of the prediction files). When that key is unchanged and every file still matches its hash, the
     experiment is not run again; otherwise the model is trained (or reused when its own key still matches, see
-    :func:`~.train.train_model`) and the predictions are recomputed.
+    :func:`~.train.train_model`) and the predictions are recomputed. ``classifier_config`` overrides the
+    profile's thumbnail classifier (config 4) as ``train_config`` overrides its schedule.
     """
     from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
     from .data import (
@@ -216,7 +217,8 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     detector = None
     if exp.detector_from is not None:
         detector = read_manifest_json(Path(out_root) / exp.detector_from / MODEL_MANIFEST)
-    exp_key = config_key(exp.to_dict(), tcfg, seed, {"train": train_fp, "curves": bool(curves),
+    clf_part = {} if classifier_config is None else {"classifier": asdict(classifier_config)}
+    exp_key = config_key(exp.to_dict(), tcfg, seed, {"train": train_fp, "curves": bool(curves), **clf_part,
                          "tests": {k: samples_fingerprint(v) for k, v in sorted(test_sets.items())},
                          "detector": detector})
     problem = verify_manifest(out, name=EXPERIMENT_MANIFEST, expect={"key": exp_key}, allow_extra=True)
@@ -231,7 +233,8 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
         from .train import load_trained
 
         detector = load_trained(Path(out_root) / exp.detector_from, device=device)
-        clf, clf_info = train_thumbnail_classifier(train, out, profile=profile, seed=seed, progress=progress)
+        clf, clf_info = train_thumbnail_classifier(train, out, profile=profile, config=classifier_config, seed=seed,
+                                                   progress=progress)
 
         def predict(rgb):
             return classify_detections(clf, rgb, detector.predict(rgb))
@@ -281,3 +284,93 @@ def _curve_evaluator(test: list):
                 if k in r}
 
     return evaluate
+
+
+def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_updates: int = 2, fovs_per_hospital: int = 2,
+                        seed: int = 0, progress: bool = False, say=print) -> pd.DataFrame:
+    """Exercise the ``paper`` profile's code path without a GPU: every experiment of notebook 05's paper plan.
+
+    Each model (the paper's architecture and schedule, its backbone start from
+    :func:`~.pretrain.resolve_start`) trains for ``max_updates`` updates (the thumbnail classifier of config 4 too),
+    checkpointing after every update, and predicts its test FOVs. Then a kill is simulated: each model's final
+    weights and stored predictions are deleted, leaving the last checkpoint, and the experiment runs again; it must
+    resume from the checkpoint (one update left) and give the same predictions. ``data_dir`` is a single-rater
+    dataset (e.g. a synthetic cohort; it stands for both the corrected and the uncorrected data), cut to
+    ``fovs_per_hospital`` FOVs of each hospital; folds are :func:`~nucls_utils.io.folds.hospital_kfold`.
+
+    Returns one row per experiment: updates, seconds, updates resumed, whether the predictions are identical, the
+    weights source and AP@.5 on its test FOVs (meaningless after 2 updates; it shows evaluation runs).
+    """
+    from ..evaluation import evaluate_model
+    from ..io.dataset import read_dataset
+    from ..io.folds import hospital_kfold
+    from .classifier import classifier_config as clf_profile
+    from .data import eval_truth, load_fov_samples
+    from .pretrain import resolve_start
+    from .train import MODEL_MANIFEST
+
+    if max_updates < 2:
+        raise ValueError("max_updates must be >= 2 (one update before the simulated kill, one after)")
+    records, seen = [], {}
+    for r in read_dataset(data_dir):
+        if seen.get(r.hospital, 0) < fovs_per_hospital:
+            seen[r.hospital] = seen.get(r.hospital, 0) + 1
+            records.append(r)
+    samples = load_fov_samples(records, progress=False)
+    assignment = hospital_kfold([s.slide for s in samples], n_folds=5, seed=seed)
+    data = ExperimentData(samples={"corrected": samples, "uncorrected": samples}, assignment=assignment)
+    start = resolve_start("paper", "", progress=progress, say=say)
+    plan = experiment_plan("paper", sorted(assignment["fold"].unique()), weights=start)
+    _, paper = profile_configs("paper")
+    tcfg = paper.with_(iterations=max_updates, freeze_detection_at=max_updates - 1, checkpoint_every=1, eval_every=0)
+    ccfg = clf_profile("paper").with_(iterations=max_updates)
+    out_dir = Path(out_dir)
+    rows = []
+    for exp in plan:
+        s1 = run_experiment(exp, data, out_dir, profile="paper", train_config=tcfg, seed=seed, progress=progress,
+                            device="cpu", classifier_config=ccfg)
+        folder = out_dir / exp.name
+        before = {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
+        resumed = None
+        if exp.detector_from is None:  # a killed training: the checkpoint stays, the final outputs are gone
+            for name in ("model.pt", MODEL_MANIFEST, EXPERIMENT_MANIFEST, "experiment.json", *before):
+                (folder / name).unlink(missing_ok=True)
+            s2 = run_experiment(exp, data, out_dir, profile="paper", train_config=tcfg, seed=seed,
+                                progress=progress, device="cpu", classifier_config=ccfg)
+            resumed = json.loads((folder / "training.json").read_text())["iterations_this_run"]
+        else:
+            s2 = s1
+        after = {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
+        preds = load_predictions(folder / "predictions_test.npz")
+        by_name = {x.name: x for x in samples}
+        ap = evaluate_model([eval_truth(by_name[n]) for n in preds], [d.to_eval() for d in preds.values()])["ap50"]
+        rows.append({"experiment": exp.name, "fold": exp.fold, "config": exp.config, "updates": max_updates,
+                     "updates_after_resume": resumed, "same_predictions_after_resume": before == after,
+                     "seconds": round(s1["seconds"] + (s2["seconds"] if s2 is not s1 else 0), 1),
+                     "weights_source": s1["weights_source"], "n_test_fovs": s1["n_test_fovs"]["test"],
+                     "ap50_test": round(float(ap), 4)})
+        if say is not None:
+            say(f"{exp.name}: {rows[-1]}")
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    """``python -m nucls_utils.model.experiments paper-check --data DIR --out DIR [--max-updates 2]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nucls_utils.model.experiments")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pc = sub.add_parser("paper-check", help=paper_profile_check.__doc__.splitlines()[0])
+    pc.add_argument("--data", required=True, help="a single-rater dataset (e.g. data/synthetic/cpu)")
+    pc.add_argument("--out", required=True, help="where the models and predictions go")
+    pc.add_argument("--max-updates", type=int, default=2)
+    pc.add_argument("--fovs-per-hospital", type=int, default=2)
+    args = parser.parse_args(argv)
+    table = paper_profile_check(args.data, args.out, max_updates=args.max_updates,
+                                fovs_per_hospital=args.fovs_per_hospital, say=None)
+    print(table.to_markdown(index=False))
+    return 0 if table["same_predictions_after_resume"].all() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,6 +69,12 @@ PROFILE_SPECS: dict[str, CohortSpec] = {
 }
 
 _HOSPITAL_CODES = [f"Y{c}" for c in "0123456789ABCDEFGHJKLMNPQRSTUVWXZ"]
+#: What a cohort is for. ``study``: the study's cohort (annotations are boxes or traced outlines around the true
+#: nuclei, hospitals Y0, Y1, ...). ``pretrain``: the cohort a shared trunk is pretrained on
+#: (:mod:`nucls_utils.model.pretrain`): hospitals Q0, Q1, ... and its own random streams, so it shares no hospital,
+#: slide or FOV with any study cohort, and its annotations are the exact true outlines (dense targets for free).
+NAMESPACES: dict[str, dict] = {"study": {"hospital_prefix": "Y", "stream": (), "exact_outlines": False},
+                               "pretrain": {"hospital_prefix": "Q", "stream": (7,), "exact_outlines": True}}
 
 
 _MAX_MARGIN = 45
@@ -110,8 +116,10 @@ def _outline_in_crop(nuc, crop: tuple[int, int, int, int]) -> tuple[np.ndarray, 
 
 def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
                     overwrite: bool = False, progress: bool = True,
-                    refiner_weights: str | os.PathLike[str] | None = None) -> Path:
+                    refiner_weights: str | os.PathLike[str] | None = None, namespace: str = "study") -> Path:
     """Generate the synthetic cohort of ``profile`` into ``out_dir`` (written atomically).
+
+    ``namespace``: ``study`` (the default) or ``pretrain`` (see :data:`NAMESPACES`).
 
     ``refiner_weights``: a weights file of the experimental learned refiner (:mod:`.refiner`, fitted on this
     generator version), applied to every rendered FOV and recorded in the manifest; the study's cohort has none.
@@ -119,9 +127,12 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
     """
     if profile not in PROFILE_SPECS:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_SPECS)}")
+    if namespace not in NAMESPACES:
+        raise ValueError(f"unknown cohort namespace {namespace!r}; choose one of {', '.join(NAMESPACES)}")
+    ns = NAMESPACES[namespace]
     spec = PROFILE_SPECS[profile]
     refiner = None if refiner_weights is None else _refiner_record(refiner_weights)
-    root_ss = np.random.SeedSequence(seed)
+    root_ss = np.random.SeedSequence([seed, *ns["stream"]] if ns["stream"] else seed)
     fov_rows, nuc_rows, records = [], [], []
     n_slides = sum(spec.hospital_slides)
     bar = tqdm(total=n_slides * spec.rois_per_slide, desc=f"synthetic cohort ({profile})", disable=not progress)
@@ -130,7 +141,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
             (tmp / sub).mkdir()
         for h_idx, (h_ss, n_sl) in enumerate(zip(root_ss.spawn(len(spec.hospital_slides)), spec.hospital_slides,
                                                  strict=True)):
-            hosp = _HOSPITAL_CODES[h_idx]
+            hosp = ns["hospital_prefix"] + _HOSPITAL_CODES[h_idx][1:]
             h_rng = np.random.default_rng(h_ss)
             h_style = draw_stain_style(h_rng)
             for s_idx, s_ss in enumerate(h_ss.spawn(n_sl)):
@@ -148,7 +159,8 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
                     for f_ss, (crop, rect) in zip(r_ss.spawn(len(boxes)), boxes, strict=True):
                         f_rng = np.random.default_rng(f_ss)
                         rec, image, fov_info, nuc_info = _make_fov(layout, crop, rect, spec, s_style, f_rng,
-                                                                   slide, item_id, roi_left, roi_top)
+                                                                   slide, item_id, roi_left, roi_top,
+                                                                   exact=ns["exact_outlines"])
                         if refiner is not None:
                             image = refine_image(image, refiner_weights)
                         validate_record(rec)
@@ -173,7 +185,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
         counts = nuclei["raw_class"].value_counts().reindex(list(tx.RAW_CLASSES), fill_value=0)
         manifest = {
             "generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION, "seed": int(seed),
-            "profile": profile, "spec": asdict(spec), "refiner": refiner,
+            "namespace": namespace, "profile": profile, "spec": asdict(spec), "refiner": refiner,
             "counts": {"hospitals": len(spec.hospital_slides), "slides": n_slides,
                        "rois": n_slides * spec.rois_per_slide, "fovs": len(records), "nuclei": int(len(nuclei)),
                        "nuclei_by_raw_class": {k: int(v) for k, v in counts.items()},
@@ -184,7 +196,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], profile: str = "cpu", seed:
 
 
 def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Generator, slide: str, item_id: str,
-              roi_left: int, roi_top: int):
+              roi_left: int, roi_top: int, exact: bool = False):
     x0, y0, x1, y1 = crop
     w, h = x1 - x0, y1 - y0
     rl, rt, rr, rb = rect
@@ -210,7 +222,7 @@ def _make_fov(layout, crop, rect, spec: CohortSpec, style, rng: np.random.Genera
         nuc = layout.nuclei[k]
         true = Nucleus.from_polygon(nuc.raw_class, *(v.tolist() for v in outlines[k]))
         ann = _annotate(nuc, crop, np.random.default_rng([nuc.seed, 1]))
-        nuclei.append(ann if ann is not None else true)
+        nuclei.append(ann if ann is not None and not exact else true)
         info.append({"fovname": name, "nucleus_index": i, "raw_class": nuc.raw_class,
                      "region": REGION_NAMES[nuc.region], "center_x": round(nuc.cx - x0, 2),
                      "center_y": round(nuc.cy - y0, 2), "radius_px": round(nuc.radius, 2),
@@ -258,13 +270,14 @@ def read_manifest(root: str | os.PathLike[str]) -> dict | None:
     return read_manifest_json(Path(root) / "manifest.json")
 
 
-def cohort_problem(root: str | os.PathLike[str], profile: str, seed: int) -> str | None:
+def cohort_problem(root: str | os.PathLike[str], profile: str, seed: int, namespace: str = "study") -> str | None:
     """Why ``root`` is not a complete, unmodified cohort of this generator version, profile and seed (``None``
     when it is): a missing or foreign manifest, another version/profile/seed, a cohort refined by the experimental
     refiner (the study's cohort is not), or any file missing, added or changed since it was written (sha256 per
     file, see :mod:`nucls_utils.io.manifest`)."""
     return verify_manifest(root, expect={"generator": "nucls_utils.phantom", "generator_version": GENERATOR_VERSION,
-                                         "profile": profile, "seed": int(seed), "refiner": None})
+                                         "profile": profile, "seed": int(seed), "refiner": None,
+                                         "namespace": namespace})
 
 
 def _refiner_record(weights: str | os.PathLike[str]) -> dict:
@@ -278,23 +291,24 @@ def _refiner_record(weights: str | os.PathLike[str]) -> dict:
     return info
 
 
-def cohort_is_current(root: str | os.PathLike[str], profile: str, seed: int) -> bool:
-    """Whether ``root`` holds a complete, unmodified cohort of this generator version, profile and seed."""
-    return cohort_problem(root, profile, seed) is None
+def cohort_is_current(root: str | os.PathLike[str], profile: str, seed: int, namespace: str = "study") -> bool:
+    """Whether ``root`` holds a complete, unmodified cohort of this generator version, profile, seed and
+    namespace."""
+    return cohort_problem(root, profile, seed, namespace) is None
 
 
 def ensure_cohort(root: str | os.PathLike[str], profile: str = "cpu", seed: int = 0, *,
-                  progress: bool = True, say=print) -> tuple[Path, bool]:
+                  progress: bool = True, say=print, namespace: str = "study") -> tuple[Path, bool]:
     """Generate the cohort into ``root`` unless an up-to-date one is there; return ``(root, generated)``.
 
     When a cohort is there but cannot be reused, ``say`` is called with the reason before it is regenerated.
     """
-    problem = cohort_problem(root, profile, seed)
+    problem = cohort_problem(root, profile, seed, namespace)
     if problem is None:
         return Path(root), False
     if Path(root).exists() and say is not None:
         say(f"synthetic cohort at {root} cannot be reused ({problem}): regenerating it")
-    generate_cohort(root, profile, seed, overwrite=True, progress=progress)
+    generate_cohort(root, profile, seed, overwrite=True, progress=progress, namespace=namespace)
     return Path(root), True
 
 

@@ -22,7 +22,7 @@ detector whose suggestions carry no class.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,12 @@ class RefinerConfig:
     score_threshold: float = 0.5  # detections kept as suggestions
     nms_iou: float = 0.3  # class-agnostic NMS between detections of different classes
     channels: int = 64  # width of the FPN and of the box/mask heads
+    # the ResNet-18's initial weights: None (random), 'imagenet', or a synthetic-pretrained trunk 'pretrained:<key>'
+    # (:mod:`nucls_utils.model.pretrain`); part of the cache key
+    weights: str | None = None
+
+    def with_(self, **changes) -> RefinerConfig:
+        return replace(self, **changes)
 
 
 REFINER_PROFILES: dict[str, RefinerConfig] = {
@@ -77,13 +83,17 @@ def refiner_classes(suggestions: Sequence[Sequence[Nucleus]]) -> tuple[str, ...]
     return CLASS_AGNOSTIC
 
 
-def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int = 64, seed: int | None = None):
-    """A slim Mask R-CNN for nuclei at 0.2 microns per pixel, trained from scratch.
+def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int = 64, seed: int | None = None,
+                  weights: str | None = None):
+    """A slim Mask R-CNN for nuclei at 0.2 microns per pixel.
 
     ResNet-18 (trainable batch norm: the frozen batch norm of torchvision's detection backbones is meant for
     pretrained weights and leaves a randomly initialised network unnormalised) up to ``layer3``, an FPN of
     ``channels`` channels on strides 4-16 plus a pooled level, anchors 12-96 px, box and mask heads of the same
     width. Images are never resized (see :func:`refine_fov`).
+
+    ``weights``: the ResNet-18's start (None: random; ``'imagenet'``; ``'pretrained:<key>'``: a synthetic-pretrained
+    trunk, :mod:`nucls_utils.model.pretrain`); the FPN and heads always start at random, batch norm stays trainable.
 
     ``num_classes`` counts the background. With ``seed`` the initial weights are a function of it (drawn under a
     forked torch RNG, leaving the global one untouched); without it they come from torch's global generator, which
@@ -92,7 +102,7 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_refiner(num_classes, channels)
+            return build_refiner(num_classes, channels, weights=weights)
     from torchvision.models import resnet18
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -101,6 +111,8 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     body = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
+    if weights:
+        body.load_state_dict(_trunk_state(weights), strict=True)
     backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2"}, [64, 128, 256], channels)
     anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     return MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, min_size=128, max_size=4096,
@@ -110,6 +122,20 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
                     box_detections_per_img=300, box_score_thresh=0.0, rpn_pre_nms_top_n_train=600,
                     rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
                     box_batch_size_per_image=64, rpn_batch_size_per_image=128)
+
+
+def _trunk_state(weights: str) -> dict:
+    if weights == "imagenet":
+        from ..model.architecture import _load_imagenet_resnet18
+
+        state = _load_imagenet_resnet18(warn=False)
+        if state is None:
+            raise RuntimeError("the refiner was asked to start from ImageNet weights, which torchvision cannot load "
+                               "here; start from the synthetic-pretrained trunk instead")
+        return state
+    from ..model.pretrain import weights_path
+
+    return torch.load(weights_path(weights), map_location="cpu", weights_only=True)
 
 
 def _class_label(name: str, classes: Sequence[str] = SUGGESTION_CLASSES) -> int:

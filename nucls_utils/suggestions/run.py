@@ -200,7 +200,7 @@ def refine_dataset(records: Sequence[FovRecord], bootstrap: Sequence[Sequence[Nu
                 say(f"refiner cache: reusing {cache} (key {key[:12]}, nothing changed)")
                 return RefinedDataset(refined, confidences, history, model, classes, key, reused=True)
         say(f"refiner cache: {reason}: {'retraining' if cache.exists() else 'training'}")
-    model = build_refiner(num_classes=len(classes) + 1, channels=config.channels, seed=seed)
+    model = build_refiner(num_classes=len(classes) + 1, channels=config.channels, seed=seed, weights=config.weights)
     history = train_refiner(model, images, bootstrap, config, seed=seed, progress=progress, classes=classes)
     refined, confidences = [], []
     for im in tqdm(images, desc="refined suggestions", disable=not progress):
