@@ -242,8 +242,13 @@ def calibration_inputs(profile: str = "cpu", seed: int = CALIBRATION_SEED, *, ro
     cohort, _ = phantom.ensure_cohort(root / "cohort", profile, seed, progress=progress)
     records = read_dataset(cohort)
     boot = suggestions.bootstrap_dataset(records, cohort, progress=progress)
-    refiner = suggestions.refine_dataset(records, boot, suggestions.REFINER_PROFILES[profile], seed=seed,
-                                         progress=progress, cache_dir=root / "refiner")
+    from ..model.pretrain import resolve_start
+
+    # the refiner as notebook 02 trains it (the profile's schedule and backbone start)
+    refiner_cfg = suggestions.REFINER_PROFILES[profile].with_(weights=resolve_start(profile, progress=progress,
+                                                                                    say=None))
+    refiner = suggestions.refine_dataset(records, boot, refiner_cfg, seed=seed, progress=progress,
+                                         cache_dir=root / "refiner")
     rng = np.random.default_rng(seed)
     feats = suggestions.fov_sampling_features(refiner.refined, refiner.confidences, boot)
     n = n_fovs or {"smoke": 4, "cpu": 24, "paper": 54}[profile]
