@@ -382,27 +382,35 @@ def _load_imagenet_resnet18(warn: bool = True):
         return None
 
 
+def resnet18_start(weights: str | None, *, warn: bool = True) -> tuple[dict | None, str]:
+    """``(state dict or None, what it is)`` of a ResNet-18 start, for the NuCLS model and the refiner alike.
+
+    ``weights``: None / ``""`` / ``"none"`` (random), ``"imagenet"`` (``None`` with a warning when torchvision
+    cannot load it), ``"pretrained:<key>"`` (a synthetic-pretrained trunk, :mod:`.pretrain`) or a weights file.
+    """
+    from .pretrain import TOKEN_PREFIX, weights_path
+
+    if weights in (None, "", "none"):
+        return None, "scratch"
+    if weights == "imagenet":
+        state = _load_imagenet_resnet18(warn=warn)
+        return state, "imagenet" if state is not None else "scratch (ImageNet weights unavailable)"
+    if weights.startswith(TOKEN_PREFIX):
+        state = torch.load(weights_path(weights), map_location="cpu", weights_only=True)
+        return state, f"synthetic-pretrained trunk {weights[len(TOKEN_PREFIX):]}"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights {path} do not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state), f"file {path}"
+
+
 def _backbone(config: ModelConfig) -> tuple[nn.Module, int, str]:
     from torchvision.models import resnet18
     from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.ops import FrozenBatchNorm2d
 
-    state, source = None, "scratch"
-    if config.weights == "imagenet":
-        state = _load_imagenet_resnet18()
-        source = "imagenet" if state is not None else "scratch (ImageNet weights unavailable)"
-    elif config.weights and config.weights.startswith("pretrained:"):
-        from .pretrain import weights_path
-
-        state = torch.load(weights_path(config.weights), map_location="cpu", weights_only=True)
-        source = f"synthetic-pretrained trunk {config.weights[len('pretrained:'):]}"
-    elif config.weights not in (None, "", "none"):
-        path = Path(config.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone weights {path} do not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        source = f"file {path}"
+    state, source = resnet18_start(config.weights)
     # pretrained: frozen batch norm as torchvision does; from scratch: batch norm must learn its statistics
     body = resnet18(weights=None, norm_layer=FrozenBatchNorm2d if state is not None else nn.BatchNorm2d)
     if state is not None:

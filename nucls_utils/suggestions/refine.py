@@ -128,17 +128,13 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
 
 
 def _trunk_state(weights: str) -> dict:
-    if weights == "imagenet":
-        from ..model.architecture import _load_imagenet_resnet18
+    from ..model.architecture import resnet18_start
 
-        state = _load_imagenet_resnet18(warn=False)
-        if state is None:
-            raise RuntimeError("the refiner was asked to start from ImageNet weights, which torchvision cannot load "
-                               "here; start from the synthetic-pretrained trunk instead")
-        return state
-    from ..model.pretrain import weights_path
-
-    return torch.load(weights_path(weights), map_location="cpu", weights_only=True)
+    state, source = resnet18_start(weights, warn=False)
+    if state is None:
+        raise RuntimeError(f"the refiner was asked to start from {weights!r} weights, but the start is {source}; "
+                           "start from the synthetic-pretrained trunk instead")
+    return state
 
 
 def _class_label(name: str, classes: Sequence[str] = SUGGESTION_CLASSES) -> int:
