@@ -25,8 +25,8 @@ from .architecture import MODEL_CONFIGS, ModelConfig
 from .detections import Detections
 from .train import TrainConfig, profile_configs
 
-__all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment",
-           "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
+__all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment", "run_plan",
+           "PLAN_PARALLELISM", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
 
 #: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
 EXPERIMENT_MANIFEST = "experiment_manifest.json"
@@ -172,7 +172,8 @@ class ExperimentData:
 
 def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, *, profile: str,
                    train_config: TrainConfig | None = None, seed: int = 0, progress: bool = True,
-                   curves: bool = False, device: str | None = None, classifier_config=None) -> dict:
+                   curves: bool = False, device: str | None = None, classifier_config=None,
+                   stop_after: int | None = None) -> dict:
     """Train (or reuse) the model of ``exp`` and store its predictions on the fold's test sets.
 
     Returns a summary dict (name, training seconds, seconds per update, weights source, test FOV counts, and
@@ -184,7 +185,8 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     sha256 of the prediction files). When that key is unchanged and every file still matches its hash, the
     experiment is not run again; otherwise the model is trained (or reused when its own key still matches, see
     :func:`~.train.train_model`) and the predictions are recomputed. ``classifier_config`` overrides the
-    profile's thumbnail classifier (config 4) as ``train_config`` overrides its schedule.
+    profile's thumbnail classifier (config 4) as ``train_config`` overrides its schedule. ``stop_after``: see
+    :func:`~.train.train_model` (raises :class:`~.train.TrainingStopped`).
     """
     from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
     from .data import (
@@ -249,7 +251,7 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
             if tcfg.class_balance else None
         model, history = train_model(exp.model, tcfg, stream, out, seed=seed, evaluate=evaluate,
                                      progress=progress, desc=exp.name, device=device, class_weights=cw,
-                                     data_fingerprint=train_fp)
+                                     data_fingerprint=train_fp, stop_after=stop_after)
         tinfo = json.loads((out / "training.json").read_text())
         predict = model.predict
         info = {"seconds": tinfo["seconds_this_run"], "seconds_per_update": tinfo["seconds_per_update"],
@@ -270,6 +272,81 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     return {**summary, "reused": False}
 
 
+#: How a profile runs its plan: ``(worker processes, torch threads per experiment)``. Every experiment runs with
+#: the same thread count whatever the number of workers, so its numbers do not depend on the parallelism (torch's
+#: float results depend on the thread count). cpu: two one-thread workers keep both cores busy through the
+#: single-threaded parts of a training step (data augmentation, ROI sampling, box decoding); paper: one process,
+#: torch's default threads (a GPU does the work).
+PLAN_PARALLELISM: dict[str, tuple[int, int | None]] = {"smoke": (1, 1), "cpu": (2, 1), "paper": (1, None)}
+
+
+def _run_with_threads(threads: int | None, exp: Experiment, data: ExperimentData, out_root, kwargs: dict) -> dict:
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return run_experiment(exp, data, out_root, **kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | Path, *, profile: str,
+             workers: int | None = None, threads: int | None = -1, progress: bool = True,
+             curves: Sequence[str] = (), **kwargs) -> list[dict]:
+    """Run every experiment of ``plan`` (:func:`run_experiment`), ``workers`` at a time; summaries in plan order.
+
+    ``workers`` and ``threads`` default to the profile's :data:`PLAN_PARALLELISM` (``threads=None``: torch's
+    default). With more than one worker, experiments run in spawned processes, each with ``threads`` torch threads;
+    an experiment that reuses another's detector (config 4) starts when that one is done. Models and predictions
+    are the same as with one worker and the same ``threads``. ``curves``: names of the experiments evaluated during
+    training (Fig. S10). Other keyword arguments go to :func:`run_experiment`.
+    """
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    dflt_workers, dflt_threads = PLAN_PARALLELISM.get(profile, (1, None))
+    workers = dflt_workers if workers is None else int(workers)
+    threads = dflt_threads if threads == -1 else threads
+    names = [e.name for e in plan]
+    for e in plan:
+        if e.detector_from is not None and e.detector_from in names and names.index(e.detector_from) > names.index(e.name):
+            raise ValueError(f"{e.name} reuses the detector of {e.detector_from}, which comes later in the plan")
+
+    def job_kwargs(exp: Experiment) -> dict:
+        return {**kwargs, "profile": profile, "curves": exp.name in curves,
+                "progress": progress and workers == 1}
+
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(plan), desc="experiments", disable=not progress or workers == 1)
+    if workers <= 1:
+        for exp in plan:
+            results[exp.name] = _run_with_threads(threads, exp, data, out_root, job_kwargs(exp))
+    else:
+        waiting = list(plan)
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            running: dict = {}
+            while waiting or running:
+                for exp in list(waiting):
+                    dep = exp.detector_from
+                    if dep is None or dep not in names or dep in results:
+                        running[pool.submit(_run_with_threads, threads, exp, data, out_root, job_kwargs(exp))] = exp
+                        waiting.remove(exp)
+                if not running:
+                    raise RuntimeError(f"experiments {[e.name for e in waiting]} wait on detectors that never ran")
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    exp = running.pop(fut)
+                    results[exp.name] = fut.result()  # an experiment's error stops the plan here
+                    bar.update(1)
+                    bar.set_postfix_str(exp.name)
+    bar.close()
+    return [results[n] for n in names]
+
+
 def _curve_evaluator(test: list):
     """Metrics for the training curves (Fig. S10): detection AP@.5 and classification on the test FOVs."""
     from ..evaluation import evaluate_model
@@ -287,19 +364,22 @@ def _curve_evaluator(test: list):
 
 
 def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_updates: int = 2, fovs_per_hospital: int = 2,
-                        seed: int = 0, progress: bool = False, say=print) -> pd.DataFrame:
+                        seed: int = 0, profile: str = "paper", progress: bool = False, say=print) -> pd.DataFrame:
     """Exercise the ``paper`` profile's code path without a GPU: every experiment of notebook 05's paper plan.
 
     Each model (the paper's architecture and schedule, its backbone start from
-    :func:`~.pretrain.resolve_start`) trains for ``max_updates`` updates (the thumbnail classifier of config 4 too),
-    checkpointing after every update, and predicts its test FOVs. Then a kill is simulated: each model's final
-    weights and stored predictions are deleted, leaving the last checkpoint, and the experiment runs again; it must
-    resume from the checkpoint (one update left) and give the same predictions. ``data_dir`` is a single-rater
-    dataset (e.g. a synthetic cohort; it stands for both the corrected and the uncorrected data), cut to
-    ``fovs_per_hospital`` FOVs of each hospital; folds are :func:`~nucls_utils.io.folds.hospital_kfold`.
+    :func:`~.pretrain.resolve_start`) trains for ``max_updates`` updates (the thumbnail classifier of config 4 too)
+    and predicts its test FOVs, twice: uninterrupted (in ``out_dir/uninterrupted``), and stopped as a killed run
+    after its first update (checkpoint kept, no final weights; :class:`~.train.TrainingStopped`), then run again,
+    which must resume from the checkpoint (``max_updates - 1`` updates left) and store byte-identical predictions.
+    ``data_dir`` is a single-rater dataset (e.g. a synthetic cohort; it stands for both the corrected and the
+    uncorrected data), cut to ``fovs_per_hospital`` FOVs of each hospital; folds are
+    :func:`~nucls_utils.io.folds.hospital_kfold` (5, or one per hospital when there are fewer). ``profile`` is
+    ``"paper"`` for the check itself; the tests run the same procedure on the ``smoke`` profile.
 
-    Returns one row per experiment: updates, seconds, updates resumed, whether the predictions are identical, the
-    weights source and AP@.5 on its test FOVs (meaningless after 2 updates; it shows evaluation runs).
+    Returns one row per experiment: updates, seconds (uninterrupted run), updates after the resume, whether the
+    predictions are identical, the weights source and AP@.5 on its test FOVs (meaningless after 2 updates; it shows
+    that evaluation runs).
     """
     from ..evaluation import evaluate_model
     from ..io.dataset import read_dataset
@@ -307,7 +387,7 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
     from .classifier import classifier_config as clf_profile
     from .data import eval_truth, load_fov_samples
     from .pretrain import resolve_start
-    from .train import MODEL_MANIFEST
+    from .train import TrainingStopped
 
     if max_updates < 2:
         raise ValueError("max_updates must be >= 2 (one update before the simulated kill, one after)")
@@ -317,37 +397,45 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
             seen[r.hospital] = seen.get(r.hospital, 0) + 1
             records.append(r)
     samples = load_fov_samples(records, progress=False)
-    assignment = hospital_kfold([s.slide for s in samples], n_folds=5, seed=seed)
+    n_folds = min(5, len({s.hospital for s in samples}))  # a small cohort (smoke: 3 hospitals) has fewer folds
+    assignment = hospital_kfold([s.slide for s in samples], n_folds=n_folds, seed=seed)
     data = ExperimentData(samples={"corrected": samples, "uncorrected": samples}, assignment=assignment)
-    start = resolve_start("paper", "", progress=progress, say=say)
-    plan = experiment_plan("paper", sorted(assignment["fold"].unique()), weights=start)
-    _, paper = profile_configs("paper")
-    tcfg = paper.with_(iterations=max_updates, freeze_detection_at=max_updates - 1, checkpoint_every=1, eval_every=0)
-    ccfg = clf_profile("paper").with_(iterations=max_updates)
+    start = resolve_start(profile, "", progress=progress, say=say)
+    plan = experiment_plan(profile, sorted(assignment["fold"].unique()), weights=start)
+    _, schedule = profile_configs(profile)
+    tcfg = schedule.with_(iterations=max_updates, freeze_detection_at=max_updates - 1,
+                          checkpoint_every=max_updates, eval_every=0)
+    ccfg = clf_profile(profile).with_(iterations=max_updates)
     out_dir = Path(out_dir)
+    kw = dict(profile=profile, train_config=tcfg, seed=seed, progress=progress, device="cpu",
+              classifier_config=ccfg)
+    by_name = {x.name: x for x in samples}
     rows = []
     for exp in plan:
-        s1 = run_experiment(exp, data, out_dir, profile="paper", train_config=tcfg, seed=seed, progress=progress,
-                            device="cpu", classifier_config=ccfg)
-        folder = out_dir / exp.name
-        before = {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
+        whole = run_experiment(exp, data, out_dir / "uninterrupted", **kw)
         resumed = None
-        if exp.detector_from is None:  # a killed training: the checkpoint stays, the final outputs are gone
-            for name in ("model.pt", MODEL_MANIFEST, EXPERIMENT_MANIFEST, "experiment.json", *before):
-                (folder / name).unlink(missing_ok=True)
-            s2 = run_experiment(exp, data, out_dir, profile="paper", train_config=tcfg, seed=seed,
-                                progress=progress, device="cpu", classifier_config=ccfg)
-            resumed = json.loads((folder / "training.json").read_text())["iterations_this_run"]
+        if exp.detector_from is None:
+            try:
+                run_experiment(exp, data, out_dir, stop_after=1, **kw)
+                raise AssertionError(f"{exp.name}: training was not stopped after its first update")
+            except TrainingStopped:
+                pass
+            if (out_dir / exp.name / "model.pt").exists() or not (out_dir / exp.name / "checkpoint.pt").is_file():
+                raise AssertionError(f"{exp.name}: the stopped run did not leave a checkpoint alone")
+            run_experiment(exp, data, out_dir, **kw)
+            resumed = json.loads((out_dir / exp.name / "training.json").read_text())["iterations_this_run"]
         else:
-            s2 = s1
-        after = {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
-        preds = load_predictions(folder / "predictions_test.npz")
-        by_name = {x.name: x for x in samples}
+            run_experiment(exp, data, out_dir, **kw)
+
+        def stored(root: Path) -> dict:
+            return {p.name: p.read_bytes() for p in sorted((root / exp.name).glob("predictions_*.npz"))}
+        preds = load_predictions(out_dir / exp.name / "predictions_test.npz")
         ap = evaluate_model([eval_truth(by_name[n]) for n in preds], [d.to_eval() for d in preds.values()])["ap50"]
         rows.append({"experiment": exp.name, "fold": exp.fold, "config": exp.config, "updates": max_updates,
-                     "updates_after_resume": resumed, "same_predictions_after_resume": before == after,
-                     "seconds": round(s1["seconds"] + (s2["seconds"] if s2 is not s1 else 0), 1),
-                     "weights_source": s1["weights_source"], "n_test_fovs": s1["n_test_fovs"]["test"],
+                     "updates_after_resume": resumed,
+                     "same_predictions_after_resume": stored(out_dir) == stored(out_dir / "uninterrupted"),
+                     "seconds": round(whole["seconds"], 1), "seconds_per_update": round(whole["seconds_per_update"], 2),
+                     "weights_source": whole["weights_source"], "n_test_fovs": whole["n_test_fovs"]["test"],
                      "ap50_test": round(float(ap), 4)})
         if say is not None:
             say(f"{exp.name}: {rows[-1]}")

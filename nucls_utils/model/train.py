@@ -27,12 +27,17 @@ from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
 from .architecture import ModelConfig, NucleusMaskRCNN, build_model
 
-__all__ = ["TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
+__all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
            "train_model", "load_trained", "model_problem", "config_key", "MODEL_MANIFEST", "MODEL_FILES"]
 
 #: The files of a finished model and the manifest that records their sha256 and the reuse key.
 MODEL_FILES = ("model.pt", "history.csv", "training.json")
 MODEL_MANIFEST = "model_manifest.json"
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by :func:`train_model` when ``stop_after`` updates of this run are done: a deliberate stop that leaves
+    what a killed run leaves (the checkpoint, no final weights), used to check that resuming is exact."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,8 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
                 seed: int = 0, evaluate: Callable[[NucleusMaskRCNN], dict] | None = None, progress: bool = True,
                 desc: str = "training", device: str | None = None,
                 class_weights=None, data_fingerprint: str | None = None,
-                say: Callable[[str], None] | None = print) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
+                say: Callable[[str], None] | None = print,
+                stop_after: int | None = None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
     """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there.
 
     Parameters
@@ -172,6 +178,10 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
         when its training data change (and only then).
     say : callable, optional
         Receives a one-line reason when a finished model in ``out_dir`` cannot be reused.
+    stop_after : int, optional
+        Stop as a killed run would after this many updates of this run: a checkpoint is written at that update
+        (whatever ``checkpoint_every`` says), no final weights, and :class:`TrainingStopped` is raised. For checks
+        of resume (:func:`~.experiments.paper_profile_check`); ``None`` trains to the end.
 
     Returns
     -------
@@ -220,7 +230,9 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("key") == key:
             start = int(ckpt["iteration"])
-            if start >= freeze_at:
+            # a checkpoint written at the freeze itself holds the detection phase's optimiser: the loop freezes
+            # at its first step (it == freeze_at), as the uninterrupted run did
+            if start > freeze_at:
                 params = freeze_detection(model)
                 _finetune_sampling(model, cfg)
                 opt = _optimizer(params, cfg.finetune_lr or cfg.lr, cfg)
@@ -281,8 +293,11 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
         bar.set_postfix(loss=f"{total.item():.3f}")
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
             run_eval(it + 1)
-        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+        stopping = stop_after is not None and it + 1 - start >= stop_after and it + 1 < cfg.iterations
+        if stopping or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations):
             save_checkpoint(it + 1)
+        if stopping:
+            raise TrainingStopped(f"{desc}: stopped after update {it + 1} of {cfg.iterations} (checkpoint kept)")
     run_eval(cfg.iterations)
     model.eval()
     seconds = time.perf_counter() - t_start

@@ -1,0 +1,66 @@
+"""The paper-profile check (``python -m nucls_utils.model.experiments paper-check``): every experiment of a profile's
+plan trains a few updates, is killed after its checkpoint, resumes and predicts the same; here on the smoke profile
+(the paper profile's models take minutes each on a CPU; the check's own output is in the README)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nucls_utils.model import experiments as ex
+from nucls_utils.model import pretrain as pt
+
+
+@pytest.fixture()
+def smoke_trunk(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCLS_PRETRAINED_DIR", str(tmp_path / "pretrained"))
+    return pt.ensure_pretrained("smoke", progress=False, say=None)
+
+
+def test_every_experiment_resumes_from_its_checkpoint_and_predicts_the_same(smoke_cohort, smoke_trunk, tmp_path):
+    table = ex.paper_profile_check(smoke_cohort, tmp_path / "check", max_updates=2, fovs_per_hospital=2,
+                                   profile="smoke", say=None)
+    plan = ex.experiment_plan("smoke", sorted(table["fold"].unique()), weights=smoke_trunk)
+    assert list(table["experiment"]) == [e.name for e in plan]
+    assert sorted(table["fold"].unique()) == [1, 2, 3]  # 3 hospitals in the smoke cohort: 3 folds
+    assert table["same_predictions_after_resume"].all()
+    trained = table[table["config"] != "4"]
+    # stopped after update 1 of 2 with its checkpoint: the rerun trains exactly the one update left, and its
+    # predictions are byte-identical to an uninterrupted run's
+    assert (trained["updates_after_resume"] == 1).all()
+    assert table.loc[table["config"] == "4", "updates_after_resume"].isna().all()  # reuses config 2's detector
+    key = smoke_trunk.removeprefix(pt.TOKEN_PREFIX)
+    assert (table["weights_source"] == f"synthetic-pretrained trunk {key}").all()
+    assert (table["n_test_fovs"] > 0).all() and table["ap50_test"].between(0, 1).all()
+    for name in trained["experiment"]:  # the resumed run finished: final weights, checkpoint gone
+        assert (tmp_path / "check" / name / "model.pt").is_file()
+        assert not (tmp_path / "check" / name / "checkpoint.pt").exists()
+
+
+def test_the_check_needs_an_update_on_each_side_of_the_kill(smoke_cohort, tmp_path):
+    with pytest.raises(ValueError, match="max_updates must be >= 2"):
+        ex.paper_profile_check(smoke_cohort, tmp_path / "check", max_updates=1, profile="smoke", say=None)
+
+
+def test_a_plan_run_by_two_workers_equals_one_worker(smoke_cohort, smoke_trunk, tmp_path):
+    """Two spawned one-thread workers give the same models and predictions as one in-process worker with one
+    thread, and config 4 waits for the config-2 detector it reuses."""
+    from nucls_utils.io.dataset import read_dataset
+    from nucls_utils.io.folds import hospital_kfold
+    from nucls_utils.model.data import load_fov_samples
+
+    samples = load_fov_samples(read_dataset(smoke_cohort), progress=False)
+    data = ex.ExperimentData(samples={"corrected": samples, "uncorrected": samples},
+                             assignment=hospital_kfold([s.slide for s in samples], n_folds=3, seed=0))
+    plan = [e for e in ex.experiment_plan("smoke", [1, 2], weights=smoke_trunk)
+            if e.name in ("config3_fold2", "config2_fold1", "config4_fold1")]
+    assert [e.name for e in plan] == ["config3_fold2", "config2_fold1", "config4_fold1"]
+    one = ex.run_plan(plan, data, tmp_path / "one", profile="smoke", workers=1, threads=1, progress=False)
+    two = ex.run_plan(plan, data, tmp_path / "two", profile="smoke", workers=2, threads=1, progress=False)
+    assert [s["name"] for s in two] == [e.name for e in plan] and not any(s["reused"] for s in one + two)
+    for e in plan:
+        a, b = (sorted((tmp_path / k / e.name).glob("predictions_*.npz")) for k in ("one", "two"))
+        assert [p.name for p in a] == [p.name for p in b] and a
+        assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True)), e.name
+    # a detector that comes after its user is refused before anything runs
+    with pytest.raises(ValueError, match="reuses the detector of config2_fold1"):
+        ex.run_plan(plan[::-1], data, tmp_path / "bad", profile="smoke", workers=2, progress=False)
