@@ -1,7 +1,8 @@
 """Fold-1 comparison of the NuCLS model's backbone starts (issue 16): from scratch vs the synthetic-pretrained trunk.
 
 Trains the final model (config 3) on fold 1 of a finished cpu run's data (notebooks 01-02 must have run into
-``--results``) once per variant ``start:updates:freeze_at`` and scores each on the fold's test FOVs (corrected
+``--results``) once per variant ``start:updates:freeze_at[:field=value,...]`` (extra fields override the training schedule,
+e.g. ``lr=0.005``, or the model, prefixed ``model.``, e.g. ``model.neck_channels=128``; separated by ``+``) and scores each on the fold's test FOVs (corrected
 single-rater) and, for transfer, detection on the 17 real FOVs of ``../shared/data/nucls_sample``. Usage::
 
     .venv/bin/python scripts/compare_starts.py --results results \\
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +37,12 @@ def main() -> None:
     parser.add_argument("--variants", default="pretrained:660:300,scratch:660:300")
     parser.add_argument("--out", required=True, help="where the models go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     scratch = Path(args.out) / "scratch_outputs"
     ctx = config.start_run("05_training", data_dir="", profile="cpu", seed=args.seed, results_dir=args.results,
                            figures_dir=str(scratch), tables_dir=str(scratch))
@@ -47,21 +54,31 @@ def main() -> None:
     truths = [eval_truth(s) for s in test]
     real_dir = find_real_sample("auto")
     real = load_fov_samples(read_dataset(real_dir), normalise=macenko_normalise, progress=False) if real_dir else []
-    _, schedule = profile_configs("cpu")
+    exp_model_default, schedule = profile_configs("cpu")
     rows = []
     for v in args.variants.split(","):
-        start, updates, freeze = v.split(":")
+        start, updates, freeze, *extra = v.split(":")
+        train_changes, model_changes = {}, {}
+        for item in (extra[0].split("+") if extra else []):
+            field, value = item.split("=")
+            is_model = field.startswith("model.")
+            field = field.removeprefix("model.")
+            current = getattr(exp_model_default if is_model else schedule, field)  # AttributeError: no such field
+            (model_changes if is_model else train_changes)[field] = float(value) if current is None else type(current)(value)
         weights = None if start == "scratch" else pretrain.resolve_start("cpu", "pretrained")
         exp = next(e for e in ex.experiment_plan("cpu", [1], weights=weights) if e.name == "config3_fold1")
-        tcfg = schedule.with_(iterations=int(updates), freeze_detection_at=int(freeze))
-        folder = Path(args.out) / v.replace(":", "_")
+        if model_changes:
+            exp = replace(exp, model=exp.model.with_(**model_changes))
+        tcfg = schedule.with_(iterations=int(updates), freeze_detection_at=int(freeze), **train_changes)
+        folder = Path(args.out) / v.replace(":", "_").replace("=", "-").replace("+", "_")
         t0 = time.perf_counter()
         s = ex.run_experiment(exp, data, folder, profile="cpu", train_config=tcfg, seed=args.seed, device="cpu",
                               progress=False)
         model = load_trained(folder / exp.name)
         r = evaluate_model(truths, [model.predict(x.rgb).to_eval() for x in test])
         pairs = r["pairs"]
-        row = {"start": start, "updates": int(updates), "freeze_at": int(freeze), "train_s": round(s["seconds"]),
+        row = {"start": start, "updates": int(updates), "freeze_at": int(freeze), "changes": "+".join(extra) or "-",
+               "train_s": round(s["seconds"]),
                "AP@.5": round(100 * r["ap50"], 1), "main MCC": round(100 * r["main_mcc"], 1),
                "super MCC": round(100 * r["super_mcc"], 1)}
         for sc in ("tumor_any", "nonTIL_stromal", "sTIL", "other_nucleus"):
