@@ -64,3 +64,9 @@ def test_a_plan_run_by_two_workers_equals_one_worker(smoke_cohort, smoke_trunk, 
     # a detector that comes after its user is refused before anything runs
     with pytest.raises(ValueError, match="reuses the detector of config2_fold1"):
         ex.run_plan(plan[::-1], data, tmp_path / "bad", profile="smoke", workers=2, progress=False)
+
+
+def test_a_gpu_runs_the_plan_one_experiment_at_a_time():
+    assert ex.plan_parallelism("cpu") == (2, 1)
+    assert ex.plan_parallelism("cpu", "cuda") == (1, 1)  # same threads, so the same numbers as two workers
+    assert ex.plan_parallelism("paper", "cuda") == (1, None)

@@ -26,7 +26,7 @@ from .detections import Detections
 from .train import TrainConfig, profile_configs
 
 __all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment", "run_plan",
-           "PLAN_PARALLELISM", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
+           "PLAN_PARALLELISM", "plan_parallelism", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
 
 #: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
 EXPERIMENT_MANIFEST = "experiment_manifest.json"
@@ -280,6 +280,12 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
 PLAN_PARALLELISM: dict[str, tuple[int, int | None]] = {"smoke": (1, 1), "cpu": (2, 1), "paper": (1, None)}
 
 
+def plan_parallelism(profile: str, device: str | None = None) -> tuple[int, int | None]:
+    """``(workers, threads)`` of :data:`PLAN_PARALLELISM` for ``profile``; one worker on a GPU, which it fills."""
+    workers, threads = PLAN_PARALLELISM.get(profile, (1, None))
+    return (1 if device == "cuda" else workers), threads
+
+
 def _run_with_threads(threads: int | None, exp: Experiment, data: ExperimentData, out_root, kwargs: dict) -> dict:
     import torch
 
@@ -297,8 +303,7 @@ def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | P
              curves: Sequence[str] = (), **kwargs) -> list[dict]:
     """Run every experiment of ``plan`` (:func:`run_experiment`), ``workers`` at a time; summaries in plan order.
 
-    ``workers`` and ``threads`` default to the profile's :data:`PLAN_PARALLELISM` (``threads=None``: torch's
-    default). With more than one worker, experiments run in spawned processes, each with ``threads`` torch threads;
+    ``workers`` and ``threads`` default to :func:`plan_parallelism` (``threads=None``: torch's default). With more than one worker, experiments run in spawned processes, each with ``threads`` torch threads;
     an experiment that reuses another's detector (config 4) starts when that one is done. Models and predictions
     are the same as with one worker and the same ``threads``. ``curves``: names of the experiments evaluated during
     training (Fig. S10). Other keyword arguments go to :func:`run_experiment`.
@@ -308,7 +313,7 @@ def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | P
 
     from tqdm.auto import tqdm
 
-    dflt_workers, dflt_threads = PLAN_PARALLELISM.get(profile, (1, None))
+    dflt_workers, dflt_threads = plan_parallelism(profile, kwargs.get("device"))
     workers = dflt_workers if workers is None else int(workers)
     threads = dflt_threads if threads == -1 else threads
     names = [e.name for e in plan]
@@ -361,6 +366,10 @@ def _curve_evaluator(test: list):
                 if k in r}
 
     return evaluate
+
+
+def _stored_predictions(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
 
 
 def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_updates: int = 2, fovs_per_hospital: int = 2,
@@ -417,23 +426,22 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
         if exp.detector_from is None:
             try:
                 run_experiment(exp, data, out_dir, stop_after=1, **kw)
-                raise AssertionError(f"{exp.name}: training was not stopped after its first update")
             except TrainingStopped:
                 pass
+            else:
+                raise AssertionError(f"{exp.name}: training was not stopped after its first update")
             if (out_dir / exp.name / "model.pt").exists() or not (out_dir / exp.name / "checkpoint.pt").is_file():
                 raise AssertionError(f"{exp.name}: the stopped run did not leave a checkpoint alone")
             run_experiment(exp, data, out_dir, **kw)
             resumed = json.loads((out_dir / exp.name / "training.json").read_text())["iterations_this_run"]
         else:
             run_experiment(exp, data, out_dir, **kw)
-
-        def stored(root: Path) -> dict:
-            return {p.name: p.read_bytes() for p in sorted((root / exp.name).glob("predictions_*.npz"))}
         preds = load_predictions(out_dir / exp.name / "predictions_test.npz")
         ap = evaluate_model([eval_truth(by_name[n]) for n in preds], [d.to_eval() for d in preds.values()])["ap50"]
         rows.append({"experiment": exp.name, "fold": exp.fold, "config": exp.config, "updates": max_updates,
                      "updates_after_resume": resumed,
-                     "same_predictions_after_resume": stored(out_dir) == stored(out_dir / "uninterrupted"),
+                     "same_predictions_after_resume":
+                         _stored_predictions(out_dir / exp.name) == _stored_predictions(out_dir / "uninterrupted" / exp.name),
                      "seconds": round(whole["seconds"], 1), "seconds_per_update": round(whole["seconds_per_update"], 2),
                      "weights_source": whole["weights_source"], "n_test_fovs": whole["n_test_fovs"]["test"],
                      "ap50_test": round(float(ap), 4)})
