@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "data" / "synthetic" / "smoke"
 SMOKE_CFG = MODEL_PROFILES["smoke"].with_(weights=None)
 AMB = 8  # label of AMBIGUOUS among the main classes (the ignore label)
-CLS_PREFIXES = ("roi_heads.classification_convs.", "roi_heads.cls_score.")
+CLS_PREFIXES = ("roi_heads.classification_convs.", "roi_heads.cls_score.", "roi_heads.cls_head.",
+                "backbone.reduce_cls.")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -369,8 +370,9 @@ def test_scale_factor_jitter_only_in_training_and_bounded():
 # ------------------------------------------------------------------------------------------------------------
 # 5. detection freeze
 # ------------------------------------------------------------------------------------------------------------
-def test_freeze_detection_trains_only_classification_layers():
-    model = _model().train()
+@pytest.mark.parametrize("head,maps", [("shared", "detector"), ("own", "detector"), ("own", "layer2")])
+def test_freeze_detection_trains_only_classification_layers(head, maps):
+    model = _model(classifier_head=head, classifier_features=maps).train()
     image = torch.rand(3, 96, 96)
     target = _targets(ismask=True)
     assert any(k.endswith("running_mean") for k in model.state_dict())  # from scratch: learnable batch norm
@@ -402,6 +404,41 @@ def test_freeze_detection_trains_only_classification_layers():
     assert "roi_heads.cls_score.weight" in changed_stats
     assert any(k.startswith(CLS_PREFIXES[0]) for k in changed_stats)
     assert all(k.startswith(CLS_PREFIXES) for k in changed_stats), sorted(changed_stats - expected)
+    # the classifier's own MLP trains on after the freeze; the box head (detection's) never does
+    assert any(k.startswith("roi_heads.cls_head.") for k in changed_stats) == (head == "own")
+    assert any(k.startswith("backbone.reduce_cls.") for k in changed_stats) == (maps == "layer2")
+    assert not any(k.startswith("roi_heads.box_head.") for k in changed_stats)
+
+
+def test_classifier_options_are_checked():
+    with pytest.raises(ValueError, match="classifier_head"):
+        _model(classifier_head="separate")
+    with pytest.raises(ValueError, match="classifier_features"):
+        _model(classifier_features="layer1")
+    with pytest.raises(ValueError, match="classification_convs"):
+        _model(classifier_features="layer2", classification_convs=0)
+
+
+def test_classifier_on_layer2_reads_a_finer_map_and_leaves_detection_alone():
+    """With ``classifier_features='layer2'`` the classification convolutions read ResNet-18's layer2 (twice the
+    detector map's resolution at layer3); the RPN, box head and mask head read the detector's map only, so a
+    change to the classifier's map changes class probabilities and nothing about boxes."""
+    model = _model(classifier_features="layer2").eval()
+    with torch.no_grad():
+        images = model.transform([torch.rand(3, 96, 96)])[0]
+        feats = model.backbone(images.tensors)
+        assert set(feats) == {"0", "cls"}
+        assert feats["cls"].shape[-1] == 2 * feats["0"].shape[-1]
+        props, _ = model.rpn(images, feats)
+        assert props[0].shape[0] > 0
+        # the RPN reads the detector's map only
+        assert torch.equal(model.rpn(images, {"0": feats["0"]})[0][0], props[0])
+        box_a, cls_a = model.roi_heads._features(feats, props, images.image_sizes)
+        conv = model.roi_heads.classification_convs[0]
+        conv.weight.add_(torch.randn_like(conv.weight))
+        box_b, cls_b = model.roi_heads._features(feats, props, images.image_sizes)
+    assert torch.equal(box_a, box_b)
+    assert not torch.allclose(cls_a, cls_b)
 
 
 def test_freeze_detection_without_classification_convs():

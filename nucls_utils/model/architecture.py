@@ -36,6 +36,10 @@ __all__ = ["ModelConfig", "MODEL_CONFIGS", "build_model", "NucleusMaskRCNN", "Nu
            "ScaleFactorTransform", "model_class_names"]
 
 
+#: Key of the classifier's own feature map in the backbone's output (``classifier_features='layer2'``).
+_CLS_MAP = "cls"
+
+
 def json_fields(d: dict) -> dict:
     """A config dict read back from JSON, with lists turned back into the tuples the frozen dataclasses hold."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -75,6 +79,12 @@ class ModelConfig:
     mask_channels: int = 256
     neck_channels: int | None = None  # 1x1 conv to this width before the RPN and ROI heads (cpu profile)
     classification_convs: int = 4  # 0 = classify from the box head's features (configs 1, 2)
+    # 'shared': the classifier reads its ROI features through the box head (the reference code); 'own': through a
+    # box-head-shaped MLP of its own, which keeps training after the detection freeze (the shared one is frozen)
+    classifier_head: str = "shared"
+    # feature map the classification convolutions read: 'detector' (the map the RPN and box head read) or 'layer2'
+    # (ResNet-18's layer2, twice the detector's resolution at layer3, four times at layer4; needs classification_convs)
+    classifier_features: str = "detector"
     class_agnostic: bool = True  # False = per-class box regression and per-class NMS (config 1)
     nms_iou: float = 0.2
     score_threshold: float = 0.05
@@ -175,6 +185,11 @@ class NucleusRoIHeads(_roi_heads_base()):
         shared ``box_head``. ``None``: the classifier reads the box head's features directly.
     cls_score : nn.Linear
         ``representation -> num_classes + 1`` (background first).
+    cls_head : nn.Module or None
+        The classifier's own MLP over its ROI-aligned features; ``None``: the shared ``box_head``.
+    cls_roi_pool : nn.Module or None
+        ROI alignment of the classifier's own feature map (``features["cls"]``, read by the classification
+        convolutions); ``None``: the classification convolutions read the detector's map(s).
     bbox_pred : nn.Linear
         ``representation -> 8`` (class-agnostic: background, foreground) or ``4 * (num_classes + 1)``.
     ignore_label : int
@@ -184,9 +199,12 @@ class NucleusRoIHeads(_roi_heads_base()):
     """
 
     def __init__(self, *args, classification_convs: nn.Module | None, cls_score: nn.Linear, bbox_pred: nn.Linear,
-                 ignore_label: int, class_agnostic: bool, global_nms: bool, **kwargs):
+                 ignore_label: int, class_agnostic: bool, global_nms: bool, cls_head: nn.Module | None = None,
+                 cls_roi_pool: nn.Module | None = None, **kwargs):
         super().__init__(*args, box_predictor=None, **kwargs)
         self.classification_convs = classification_convs
+        self.cls_head = cls_head
+        self.cls_roi_pool = cls_roi_pool
         self.cls_score = cls_score
         self.bbox_pred = bbox_pred
         self.ignore_label = int(ignore_label)
@@ -199,11 +217,17 @@ class NucleusRoIHeads(_roi_heads_base()):
 
     # -- features -------------------------------------------------------------------------------------------
     def _features(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes):
-        box_x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        pooled = self.box_roi_pool(features, proposals, image_shapes)
+        box_x = self.box_head(pooled)
         if self.classification_convs is None:
-            return box_x, box_x
-        cfeat = OrderedDict((k, self.classification_convs(v)) for k, v in features.items())
-        cls_x = self.box_head(self.box_roi_pool(cfeat, proposals, image_shapes))
+            return box_x, (box_x if self.cls_head is None else self.cls_head(pooled))
+        if self.cls_roi_pool is None:
+            cfeat = OrderedDict((k, self.classification_convs(v)) for k, v in features.items())
+            cls_pooled = self.box_roi_pool(cfeat, proposals, image_shapes)
+        else:  # the classifier's own, finer map
+            cls_pooled = self.cls_roi_pool({_CLS_MAP: self.classification_convs(features[_CLS_MAP])}, proposals,
+                                           image_shapes)
+        cls_x = (self.cls_head or self.box_head)(cls_pooled)
         return box_x, cls_x
 
     def _deltas_for(self, deltas: Tensor, labels: Tensor) -> Tensor:
@@ -423,28 +447,50 @@ def _backbone(config: ModelConfig) -> tuple[nn.Module, int, str]:
     if config.backbone_layer not in ("layer3", "layer4"):
         raise ValueError(f"backbone_layer must be 'layer3' or 'layer4', not {config.backbone_layer!r}")
     channels = 512 if config.backbone_layer == "layer4" else 256
-    backbone = IntermediateLayerGetter(body, return_layers={config.backbone_layer: "0"})
+    layers = {config.backbone_layer: "0"}
+    if config.classifier_features == "layer2":
+        layers["layer2"] = _CLS_MAP
+    backbone = IntermediateLayerGetter(body, return_layers=layers)
     if config.neck_channels:
-        backbone = _Neck(backbone, channels, config.neck_channels)
+        widths = {"0": channels, _CLS_MAP: 128} if _CLS_MAP in layers.values() else {"0": channels}
+        backbone = _Neck(backbone, widths, config.neck_channels)
         channels = config.neck_channels
     backbone.out_channels = channels
     return backbone, channels, source
 
 
 class _Neck(nn.Module):
-    """The backbone followed by a 1x1 convolution (+ ReLU) to fewer channels.
+    """The backbone followed by a 1x1 convolution (+ ReLU) to fewer channels, one per returned map.
 
     On a CPU, the backward pass of ROIAlign costs in proportion to the channels it pools and dominates a training
     step (about half of it at 256 channels); a narrower map for the RPN and ROI heads keeps the cpu profile fast.
+    ``widths``: input channels of each map the body returns (``"0"``, the detector's; ``"cls"``, the classifier's).
     """
 
-    def __init__(self, body: nn.Module, in_channels: int, out_channels: int):
+    def __init__(self, body: nn.Module, widths: dict[str, int], out_channels: int):
         super().__init__()
         self.body = body
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(nn.Conv2d(widths["0"], out_channels, 1), nn.ReLU(inplace=True))
+        # a second reduction only for the classifier's map (an absent one keeps older weight files loadable)
+        self.reduce_cls = nn.Sequential(nn.Conv2d(widths[_CLS_MAP], out_channels, 1), nn.ReLU(inplace=True)) \
+            if _CLS_MAP in widths else None
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return OrderedDict((k, self.reduce(v)) for k, v in self.body(x).items())
+        return OrderedDict((k, (self.reduce if k == "0" else self.reduce_cls)(v)) for k, v in self.body(x).items())
+
+
+def _rpn_base():
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    return RegionProposalNetwork
+
+
+class DetectorMapRPN(_rpn_base()):
+    """torchvision's RPN reading only the detector's map (``"0"``) when the backbone also returns the classifier's
+    (``classifier_features='layer2'``); its parameters and state dict are the plain RPN's."""
+
+    def forward(self, images, features, targets=None):
+        return super().forward(images, OrderedDict((k, v) for k, v in features.items() if k != _CLS_MAP), targets)
 
 
 def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
@@ -457,6 +503,10 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
     config = config or ModelConfig()
     classes = config.classes
     n_out = len(classes) + 1  # + background
+    if config.classifier_features not in ("detector", "layer2"):
+        raise ValueError(f"classifier_features must be 'detector' or 'layer2', not {config.classifier_features!r}")
+    if config.classifier_features == "layer2" and not config.classification_convs:
+        raise ValueError("classifier_features='layer2' needs classification_convs > 0 (they read that map)")
     backbone, ch, source = _backbone(config)
     sf = config.scale_factor
     anchors = AnchorGenerator(sizes=(tuple(a * sf for a in config.anchor_sizes),),
@@ -478,14 +528,22 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
     )
     old = model.roi_heads
     cconv = None
+    cls_roi_pool = None
+    if config.classifier_features == "layer2":
+        cls_roi_pool = MultiScaleRoIAlign([_CLS_MAP], r, sampling_ratio=0)
+        model.rpn.__class__ = DetectorMapRPN
     if config.classification_convs:
         layers = []
-        for _ in range(config.classification_convs):
-            conv = nn.Conv2d(ch, ch, 3, stride=1, padding=1, dilation=1)
+        cls_in = 128 if config.classifier_features == "layer2" and not config.neck_channels else ch
+        for i in range(config.classification_convs):
+            conv = nn.Conv2d(cls_in if i == 0 else ch, ch, 3, stride=1, padding=1, dilation=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU(inplace=True)]
         cconv = nn.Sequential(*layers)
+    if config.classifier_head not in ("shared", "own"):
+        raise ValueError(f"classifier_head must be 'shared' or 'own', not {config.classifier_head!r}")
+    cls_head = TwoMLPHead(ch * r * r, config.representation) if config.classifier_head == "own" else None
     cls_score = nn.Linear(config.representation, n_out)
     bbox_pred = nn.Linear(config.representation, 8 if config.class_agnostic else 4 * n_out)
     nn.init.normal_(cls_score.weight, std=0.01)
@@ -499,7 +557,8 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
         score_thresh=config.score_threshold, nms_thresh=config.nms_iou,
         detections_per_img=config.detections_per_img,
         mask_roi_pool=old.mask_roi_pool, mask_head=old.mask_head, mask_predictor=old.mask_predictor,
-        classification_convs=cconv, cls_score=cls_score, bbox_pred=bbox_pred,
+        classification_convs=cconv, cls_score=cls_score, bbox_pred=bbox_pred, cls_head=cls_head,
+        cls_roi_pool=cls_roi_pool,
         ignore_label=classes.index(tx.AMBIGUOUS) + 1, class_agnostic=config.class_agnostic,
         global_nms=config.class_agnostic,
     )

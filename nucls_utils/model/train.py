@@ -124,13 +124,15 @@ def _finetune_sampling(model: NucleusMaskRCNN, cfg: TrainConfig) -> None:
 def freeze_detection(model: NucleusMaskRCNN) -> list[torch.nn.Parameter]:
     """Freeze everything but the classification layers; return the parameters that still train.
 
-    Trainable after the freeze: the classification convolutions (when the model has them) and the final linear
-    classifier ``cls_score``. The shared box head, box regression, RPN, mask branch and backbone are frozen, and
+    Trainable after the freeze: the classification convolutions, the classifier's own MLP and the 1x1 reduction of
+    its own feature map (when the model has them) and the final linear classifier ``cls_score``. The shared box head, box regression, RPN, mask branch and backbone are frozen, and
     batch-norm running statistics stop updating (momentum 0), so detection is exactly preserved.
     """
     heads = model.roi_heads
     keep = set()
-    for module in (heads.classification_convs, heads.cls_score):
+    # the classifier's own 1x1 reduction of its finer map (classifier_features='layer2') serves no detection layer
+    for module in (heads.classification_convs, heads.cls_head, heads.cls_score,
+                   getattr(model.backbone, "reduce_cls", None)):
         if module is not None:
             keep.update(id(p) for p in module.parameters())
     for p in model.parameters():
