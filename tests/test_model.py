@@ -441,11 +441,14 @@ def test_classifier_on_layer2_reads_a_finer_map_and_leaves_detection_alone():
     assert not torch.allclose(cls_a, cls_b)
 
 
-def test_freeze_detection_without_classification_convs():
-    model = _model(**MODEL_CONFIGS["2"])
+@pytest.mark.parametrize("head", ["shared", "own"])
+def test_freeze_detection_without_classification_convs(head):
+    model = _model(**MODEL_CONFIGS["2"], classifier_head=head)
     freeze_detection(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"roi_heads.cls_score.weight", "roi_heads.cls_score.bias"}
+    own = {n for n, _ in model.named_parameters() if n.startswith("roi_heads.cls_head.")}
+    assert trainable == {"roi_heads.cls_score.weight", "roi_heads.cls_score.bias"} | own
+    assert bool(own) == (head == "own")
 
 
 # ------------------------------------------------------------------------------------------------------------
