@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="results/ folder of a cpu run (notebooks 01-02 done)")
     parser.add_argument("--variants", default="pretrained:660:300,scratch:660:300")
     parser.add_argument("--out", required=True, help="where the models go")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed of the models")
+    parser.add_argument("--run-seed", type=int, default=0,
+                        help="seed of the run whose results/ are read (its cohort is left as it is)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -44,7 +46,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     scratch = Path(args.out) / "scratch_outputs"
-    ctx = config.start_run("05_training", data_dir="", profile="cpu", seed=args.seed, results_dir=args.results,
+    ctx = config.start_run("05_training", data_dir="", profile="cpu", seed=args.run_seed, results_dir=args.results,
                            figures_dir=str(scratch), tables_dir=str(scratch))
     inputs = load_model_inputs(ctx, normalise=True, progress=False)
     data = ex.ExperimentData(samples=inputs.samples, assignment=inputs.assignment)
