@@ -126,3 +126,38 @@ def test_region_inherited_classes():
     out = region_inherited(nuclei, regions, names)
     assert [n.raw_class for n in out] == ["fibroblast", "lymphocyte"]
     assert [n.box for n in out] == [n.box for n in nuclei] and out[1].is_polygon
+
+
+def test_balanced_crops_draw_rare_classes_as_often_as_asked():
+    """A planted imbalance: 19 tumour nuclei in one FOV, one fibroblast in another. Without balancing a nucleus is
+    drawn uniformly (fibroblast 1 time in 20); with power 1 each class half of the time. Every crop holds the drawn
+    nucleus's centre and lies inside its FOV, and sample_crop at that origin has the nucleus as a target."""
+    from nucls_utils.suggestions.refine import BalancedCrops, RefinerConfig, sample_crop
+
+    inst_a = np.zeros((200, 300), int)
+    for i in range(19):
+        y, x = 20 + (i // 6) * 50, 20 + (i % 6) * 45
+        inst_a[y:y + 8, x:x + 8] = i + 1
+    labels_a = np.array([0] + [1] * 19)
+    inst_b = np.zeros((150, 150), int)
+    inst_b[130:140, 5:15] = 1  # near a corner: the crop must be clipped into the FOV
+    labels_b = np.array([0, 2])
+    rgb_a, rgb_b = np.zeros((200, 300, 3), np.uint8), np.zeros((150, 150, 3), np.uint8)
+    prepared = [(rgb_a, inst_a, labels_a), (rgb_b, inst_b, labels_b)]
+    cfg = RefinerConfig(iterations=1, crop=64)
+    for power, expected in [(0.0, 1 / 20), (1.0, 0.5), (0.5, 1 / (1 + 19 ** 0.5))]:
+        crops = BalancedCrops(prepared, cfg.crop, power)
+        rng = np.random.default_rng(3)
+        draws = [crops.draw(rng) for _ in range(4000)]
+        share = np.mean([k == 1 for k, _ in draws])
+        assert abs(share - expected) < 0.025, (power, share, expected)
+        for k, (y0, x0) in draws[:300]:
+            h, w = prepared[k][1].shape
+            assert 0 <= y0 <= h - 64 and 0 <= x0 <= w - 64
+    rng = np.random.default_rng(0)
+    k, origin = next(d for d in (crops.draw(rng) for _ in range(100)) if d[0] == 1)
+    assert origin[0] <= 135 < origin[0] + 64 and origin[1] <= 10 < origin[1] + 64
+    _, target = sample_crop(rgb_b, inst_b, labels_b, rng, cfg, origin=origin)
+    assert target["labels"].tolist() == [2]
+    with pytest.raises(ValueError, match="no target nucleus"):
+        BalancedCrops([(rgb_b, inst_b, np.array([0, 0]))], 64, 1.0)

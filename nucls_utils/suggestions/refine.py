@@ -34,7 +34,7 @@ from ..io.masks import rasterize_instances
 from .heuristic import instances_to_nuclei
 
 __all__ = ["SUGGESTION_CLASSES", "CLASS_AGNOSTIC", "RefinerConfig", "REFINER_PROFILES", "build_refiner",
-           "refiner_classes", "sample_crop", "train_refiner", "refine_fov"]
+           "refiner_classes", "sample_crop", "BalancedCrops", "train_refiner", "refine_fov"]
 
 #: Classes the bootstrap can suggest, in label order (label = index + 1; 0 is background).
 SUGGESTION_CLASSES: tuple[str, ...] = ("tumor", "fibroblast", "lymphocyte", "plasma_cell", "ductal_epithelium")
@@ -63,6 +63,9 @@ class RefinerConfig:
     # the ResNet-18's initial weights: None (random), 'imagenet', or a synthetic-pretrained trunk 'pretrained:<key>'
     # (:mod:`nucls_utils.model.pretrain`); part of the cache key
     weights: str | None = None
+    # crops centred near a nucleus drawn with weight (its class's count) ** -class_balance (0: crops at uniformly
+    # random positions, the default; 1: every class equally often); for classes the bootstrap rarely suggests
+    class_balance: float = 0.0
 
     def with_(self, **changes) -> RefinerConfig:
         return replace(self, **changes)
@@ -144,8 +147,11 @@ def _class_label(name: str, classes: Sequence[str] = SUGGESTION_CLASSES) -> int:
 
 
 def sample_crop(rgb: np.ndarray, instances: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                config: RefinerConfig, min_pixels: int = _MIN_PIXELS) -> tuple[torch.Tensor, dict] | None:
+                config: RefinerConfig, min_pixels: int = _MIN_PIXELS, origin: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, dict] | None:
     """A random training crop with its targets, or ``None`` when the crop holds no usable nucleus.
+
+    ``origin``: the crop's top-left corner ``(y0, x0)``; ``None`` draws it uniformly from ``rng``.
 
     Parameters
     ----------
@@ -157,8 +163,11 @@ def sample_crop(rgb: np.ndarray, instances: np.ndarray, labels: np.ndarray, rng:
     """
     h, w = instances.shape
     c = config.crop
-    y0 = int(rng.integers(0, max(h - c, 0) + 1))
-    x0 = int(rng.integers(0, max(w - c, 0) + 1))
+    if origin is None:
+        y0 = int(rng.integers(0, max(h - c, 0) + 1))
+        x0 = int(rng.integers(0, max(w - c, 0) + 1))
+    else:
+        y0, x0 = int(origin[0]), int(origin[1])
     inst = instances[y0:y0 + c, x0:x0 + c]
     ids, counts = np.unique(inst[inst > 0], return_counts=True)
     ids = ids[(counts >= min_pixels) & (labels[ids] > 0)]
@@ -179,6 +188,56 @@ def sample_crop(rgb: np.ndarray, instances: np.ndarray, labels: np.ndarray, rng:
     target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels[ids], dtype=torch.int64),
               "masks": torch.from_numpy(np.ascontiguousarray(masks).astype(np.uint8))}
     return tensor, target
+
+
+class BalancedCrops:
+    """Crop origins near nuclei drawn with weight ``(count of the nucleus's class) ** -power``.
+
+    Parameters
+    ----------
+    prepared : sequence of ``(rgb, instances, labels)``
+        Training FOVs as :func:`train_refiner` prepares them (``labels[i]``: class label of instance ``i``, 0 =
+        not a target).
+    crop : int
+        Crop side in pixels.
+    power : float
+        0: every target nucleus equally likely; 1: every class equally likely.
+    min_pixels : int
+        Nuclei with fewer pixels are not drawn (they are not targets of a crop either).
+    """
+
+    def __init__(self, prepared, crop: int, power: float, min_pixels: int = _MIN_PIXELS):
+        fov, cy, cx, lab = [], [], [], []
+        for k, (_, inst, labels) in enumerate(prepared):
+            flat = inst.ravel()
+            n = np.bincount(flat, minlength=len(labels))
+            rows, cols = np.indices(inst.shape)
+            sy = np.bincount(flat, weights=rows.ravel(), minlength=len(labels))
+            sx = np.bincount(flat, weights=cols.ravel(), minlength=len(labels))
+            ids = np.flatnonzero((n >= min_pixels) & (labels[:len(n)] > 0))
+            ids = ids[ids > 0]
+            fov.append(np.full(ids.size, k))
+            cy.append(sy[ids] / n[ids])
+            cx.append(sx[ids] / n[ids])
+            lab.append(labels[ids])
+        self.fov, self.cy, self.cx = np.concatenate(fov), np.concatenate(cy), np.concatenate(cx)
+        self.labels = np.concatenate(lab)
+        if self.labels.size == 0:
+            raise ValueError("no target nucleus to centre a crop on")
+        counts = np.bincount(self.labels)
+        w = counts[self.labels].astype(float) ** -float(power)
+        self.p = w / w.sum()
+        self.shapes = [inst.shape for _, inst, _ in prepared]
+        self.crop = int(crop)
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, tuple[int, int]]:
+        """``(FOV index, (y0, x0))`` of a crop that holds the drawn nucleus's centre, inside the FOV."""
+        j = int(rng.choice(self.p.size, p=self.p))
+        h, w = self.shapes[self.fov[j]]
+        c = self.crop
+        y0 = int(np.clip(int(self.cy[j]) - int(rng.integers(0, c)), 0, max(h - c, 0)))
+        x0 = int(np.clip(int(self.cx[j]) - int(rng.integers(0, c)), 0, max(w - c, 0)))
+        return int(self.fov[j]), (y0, x0)
 
 
 def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Sequence[Nucleus]],
@@ -232,6 +291,7 @@ def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Seq
         found = sorted({n.raw_class for sug in suggestions for n in sug})
         raise ValueError(f"no FOV has a bootstrap suggestion to train on: the model learns {', '.join(classes)}; "
                          f"the {sum(map(len, suggestions))} suggestions are of class(es) {found or 'none'}")
+    balanced = BalancedCrops(prepared, config.crop, config.class_balance) if config.class_balance else None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=1e-4)
@@ -249,8 +309,13 @@ def train_refiner(model, images: Sequence[np.ndarray], suggestions: Sequence[Seq
                         f"gave only {len(batch)} of {config.batch_size} with a bootstrap nucleus of a trainable class "
                         f"({', '.join(classes)}); the {len(prepared)} training FOVs have too few such nuclei")
                 tries += 1
-                rgb, inst, labels = prepared[int(rng.integers(len(prepared)))]
-                s = sample_crop(rgb, inst, labels, rng, config)
+                if balanced is None:
+                    rgb, inst, labels = prepared[int(rng.integers(len(prepared)))]
+                    s = sample_crop(rgb, inst, labels, rng, config)
+                else:
+                    k, origin = balanced.draw(rng)
+                    rgb, inst, labels = prepared[k]
+                    s = sample_crop(rgb, inst, labels, rng, config, origin=origin)
                 if s is not None:
                     batch.append(s)
             model.transform.min_size = (config.crop,)
