@@ -22,22 +22,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from variant_fields import parse_overrides
 
 from nucls_utils import io as nio
 from nucls_utils import suggestions
 from nucls_utils.io.naming import parse_fov_name
 from nucls_utils.model import pretrain
-
-
-def _changes(variant: str, current) -> dict:
-    if variant == "-":
-        return {}
-    out = {}
-    for item in variant.split("+"):
-        field, value = item.split("=")
-        old = getattr(current, field)  # AttributeError: no such field
-        out[field] = float(value) if old is None else type(old)(value)
-    return out
 
 
 def main() -> None:
@@ -61,7 +51,7 @@ def main() -> None:
     base = suggestions.REFINER_PROFILES["cpu"].with_(weights=pretrain.resolve_start("cpu", "pretrained"))
     rows = []
     for v in args.variants.split(","):
-        cfg = base.with_(**_changes(v, base))
+        cfg = base.with_(**parse_overrides(v, base))
         t0 = time.perf_counter()
         res = suggestions.refine_dataset(records, bootstrap, cfg, seed=args.seed, progress=False,
                                          cache_dir=Path(args.out) / v.replace("=", "-").replace("+", "_"))

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from variant_fields import parse_overrides
 
 from nucls_utils import config
 from nucls_utils.config import find_real_sample
@@ -60,13 +61,10 @@ def main() -> None:
     rows = []
     for v in args.variants.split(","):
         start, updates, freeze, *extra = v.split(":")
-        train_changes, model_changes = {}, {}
-        for item in (extra[0].split("+") if extra else []):
-            field, value = item.split("=")
-            is_model = field.startswith("model.")
-            field = field.removeprefix("model.")
-            current = getattr(exp_model_default if is_model else schedule, field)  # AttributeError: no such field
-            (model_changes if is_model else train_changes)[field] = float(value) if current is None else type(current)(value)
+        items = extra[0].split("+") if extra else []
+        train_changes = parse_overrides("+".join(i for i in items if not i.startswith("model.")), schedule)
+        model_changes = parse_overrides("+".join(i.removeprefix("model.") for i in items if i.startswith("model.")),
+                                        exp_model_default)
         weights = None if start == "scratch" else pretrain.resolve_start("cpu", "pretrained")
         exp = next(e for e in ex.experiment_plan("cpu", [1], weights=weights) if e.name == "config3_fold1")
         if model_changes:

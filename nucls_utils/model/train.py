@@ -127,8 +127,9 @@ def freeze_detection(model: NucleusMaskRCNN) -> list[torch.nn.Parameter]:
     """Freeze everything but the classification layers; return the parameters that still train.
 
     Trainable after the freeze: the classification convolutions, the classifier's own MLP and the 1x1 reduction of
-    its own feature map (when the model has them) and the final linear classifier ``cls_score``. The shared box head, box regression, RPN, mask branch and backbone are frozen, and
-    batch-norm running statistics stop updating (momentum 0), so detection is exactly preserved.
+    its own feature map (when the model has them) and the final linear classifier ``cls_score``. The shared box
+    head, box regression, RPN, mask branch and backbone are frozen, and batch-norm running statistics stop updating
+    (momentum 0), so detection is exactly preserved.
     """
     heads = model.roi_heads
     keep = set()

@@ -214,8 +214,7 @@ class BalancedCrops:
             rows, cols = np.indices(inst.shape)
             sy = np.bincount(flat, weights=rows.ravel(), minlength=len(labels))
             sx = np.bincount(flat, weights=cols.ravel(), minlength=len(labels))
-            ids = np.flatnonzero((n >= min_pixels) & (labels[:len(n)] > 0))
-            ids = ids[ids > 0]
+            ids = np.flatnonzero((n >= min_pixels) & (labels > 0))  # labels[0] = 0: background never drawn
             fov.append(np.full(ids.size, k))
             cy.append(sy[ids] / n[ids])
             cx.append(sx[ids] / n[ids])
