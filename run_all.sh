@@ -191,12 +191,13 @@ touch "$STARTED"
 echo "[run] profile=$PROFILE seed=$SEED data=$DATA out=$OUT"
 
 declare -a TIMES=()
-# the shared trunk the cpu models start from (nucls_utils.model.pretrain): built once, then reused from data/
+# the shared trunk (and, cpu and smoke, detector) the models start from (nucls_utils.model.pretrain): built once,
+# then reused from data/
 # (only when a notebook that trains a model runs: 02 and 05; they would otherwise build it themselves)
 if [[ -z "$ONLY" || "$ONLY" == "02" || "$ONLY" == "05" ]]; then
     t0=$(date +%s)
     "$PY" -m nucls_utils.model.pretrain --profile "$PROFILE"
-    TIMES+=("pretraining(trunk) $(( $(date +%s) - t0 ))")
+    TIMES+=("pretraining $(( $(date +%s) - t0 ))")
 fi
 CURRENT=""
 for nb in "${NOTEBOOKS[@]}"; do

@@ -84,7 +84,7 @@ def test_models_load_the_pretrained_trunk(trunk_root, monkeypatch):
     root, token = trunk_root
     monkeypatch.setenv("NUCLS_PRETRAINED_DIR", str(root))
     state = torch.load(pt.weights_path(token), weights_only=True)
-    model = build_model(MODEL_PROFILES["smoke"].with_(weights=token))
+    model = build_model(MODEL_PROFILES["smoke"].with_(weights=token, detector_start=False))
     assert model.weights_source.startswith("synthetic-pretrained")
     body = model.backbone.body  # the neck wraps the layer getter
     for name in ("conv1.weight", "layer1.0.conv1.weight", "layer3.1.conv2.weight"):
@@ -96,6 +96,55 @@ def test_models_load_the_pretrained_trunk(trunk_root, monkeypatch):
         assert torch.equal(rbody.state_dict()[name], state[name])
     scratch = build_refiner(seed=0)
     assert not torch.equal(scratch.backbone.body.state_dict()["conv1.weight"], state["conv1.weight"])
+
+
+@pytest.fixture(scope="module")
+def detector_root(tmp_path_factory):
+    """A cache holding a tiny trunk and the smoke model's detector trained from it (2 updates each)."""
+    root = tmp_path_factory.mktemp("pretrained_detector")
+    config = TINY.with_(detector_iterations=2, detector_model="smoke")
+    return root, config, pt.ensure_pretrained(config, root=root, progress=False, say=None)
+
+
+def test_models_start_their_detection_layers_from_the_pretrained_detector(detector_root, trunk_root, monkeypatch):
+    from nucls_utils.model.architecture import DETECTION_PREFIXES, MODEL_CONFIGS, build_model
+    from nucls_utils.model.train import MODEL_PROFILES
+
+    root, config, token = detector_root
+    assert token != pt.weights_token(pt.pretrain_key(TINY))  # the detector is part of the key
+    info = pt.pretraining_info(token, root)
+    assert info["detector"]["iterations"] == 2 and set(info["files"]) == {"backbone.pt", "detector.pt"}
+    monkeypatch.setenv("NUCLS_PRETRAINED_DIR", str(root))
+    det = torch.load(pt.detector_path(token), weights_only=True)
+    trunk = torch.load(pt.weights_path(token), weights_only=True)
+    # the detector trained its trunk on from the pretrained one (layer3 moved; the frozen stem did not)
+    assert torch.equal(det["backbone.body.conv1.weight"], trunk["conv1.weight"])
+    assert not torch.equal(det["backbone.body.layer3.0.conv1.weight"], trunk["layer3.0.conv1.weight"])
+    base = MODEL_PROFILES["smoke"].with_(weights=token)
+    assert base.detector_start
+    model = build_model(base)
+    assert "pretrained detector" in model.weights_source
+    state = model.state_dict()
+    detection = [k for k in det if k.startswith(DETECTION_PREFIXES)]
+    assert any(k.startswith("rpn.") for k in detection) and any(k.startswith("roi_heads.mask_") for k in detection)
+    for k in detection:
+        assert torch.equal(state[k], det[k]), k
+    # the classifier starts afresh: its layers are not the detector's
+    for k in ("roi_heads.cls_score.weight", "roi_heads.cls_head.fc6.weight",
+              "roi_heads.classification_convs.0.weight"):
+        assert not torch.equal(state[k], det[k]), k
+    # config 1 regresses boxes per class: that layer keeps its fresh initialisation, the rest is loaded
+    c1 = build_model(base.with_(**MODEL_CONFIGS["1"])).state_dict()
+    assert c1["roi_heads.bbox_pred.weight"].shape != det["roi_heads.bbox_pred.weight"].shape
+    assert torch.equal(c1["rpn.head.conv.0.0.weight"], det["rpn.head.conv.0.0.weight"])
+    # without detector_start, or from another start, only the trunk (or nothing) is loaded
+    plain = build_model(base.with_(detector_start=False)).state_dict()
+    assert not torch.equal(plain["rpn.head.conv.0.0.weight"], det["rpn.head.conv.0.0.weight"])
+    assert "pretrained detector" not in build_model(base.with_(weights=None)).weights_source
+    # a pretraining without a detector cannot start one
+    monkeypatch.setenv("NUCLS_PRETRAINED_DIR", str(trunk_root[0]))
+    with pytest.raises(FileNotFoundError, match="has no detector"):
+        build_model(base.with_(weights=trunk_root[1]))
 
 
 def test_resolve_start(trunk_root, monkeypatch):

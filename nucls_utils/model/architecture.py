@@ -67,6 +67,10 @@ class ModelConfig:
     scale_jitter: float = 0.4  # training: sf + U(-jitter, +jitter)
     backbone_layer: str = "layer4"  # ResNet-18 truncated after this block: layer4 (stride 32) or layer3 (16)
     weights: str | None = "imagenet"  # 'imagenet' (when torchvision can load them), None, or a checkpoint path
+    # with a synthetic-pretrained start (weights='pretrained:<key>'): also start the detection layers (trunk, neck,
+    # RPN, box head and regression, mask branch; never the classifier) from the detector pretrained with that trunk
+    # (:mod:`.pretrain`, cpu and smoke profiles); ignored with any other start
+    detector_start: bool = False
     anchor_sizes: tuple[float, ...] = (12.0, 24.0, 48.0)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n: int = 6000
@@ -565,4 +569,36 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
     model.transform = ScaleFactorTransform(sf, config.scale_jitter)
     model.config = config
     model.weights_source = source
+    if config.detector_start and isinstance(config.weights, str) and config.weights.startswith(_token_prefix()):
+        loaded = load_detection_layers(model, config.weights)
+        model.weights_source = f"{source} + pretrained detector ({loaded} tensors)"
     return model
+
+
+#: Parameter-name prefixes of the detection layers a pretrained detector passes on (the classifier's layers --
+#: ``cls_score``, ``cls_head``, ``classification_convs``, the classifier's own reduction -- always start afresh).
+DETECTION_PREFIXES: tuple[str, ...] = ("backbone.", "rpn.", "roi_heads.box_head.", "roi_heads.bbox_pred.",
+                                      "roi_heads.mask_head.", "roi_heads.mask_predictor.")
+_CLASSIFIER_PREFIXES: tuple[str, ...] = ("backbone.reduce_cls.",)
+
+
+def _token_prefix() -> str:
+    from .pretrain import TOKEN_PREFIX
+
+    return TOKEN_PREFIX
+
+
+def load_detection_layers(model: NucleusMaskRCNN, token: str) -> int:
+    """Copy the detection layers of the detector pretrained with trunk ``token`` into ``model``; return how many
+    tensors were copied. Tensors whose shape differs (config 1's per-class box regression) keep their fresh
+    initialisation; a model that would receive no detection layer at all is an error."""
+    from .pretrain import detector_path
+
+    state = torch.load(detector_path(token), map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k.startswith(DETECTION_PREFIXES)
+            and not k.startswith(_CLASSIFIER_PREFIXES) and k in own and own[k].shape == v.shape}
+    if not any(k.startswith("rpn.") for k in take):
+        raise ValueError(f"the pretrained detector of {token} does not fit this model (no RPN tensor matches)")
+    model.load_state_dict(take, strict=False)
+    return len(take)

@@ -83,10 +83,11 @@ TRAIN_PROFILES: dict[str, TrainConfig] = {
 }
 
 # classifier_head='own': with 300 detection updates the box head shared with box regression (reference code) cannot
-# serve the classifier as well; the classifier's own MLP trains on after the freeze (README, fold-1 table)
+# serve the classifier as well; the classifier's own MLP trains on after the freeze (README, fold-1 table).
+# detector_start: the detection layers start from the detector pretrained with the trunk (pretrain.py; README)
 _CPU_MODEL = ModelConfig(backbone_layer="layer3", scale_factor=2.0, scale_jitter=0.2, roi_size=7, representation=256,
                          box_batch_size_per_image=64, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=300,
-                         mask_channels=64, neck_channels=64, classifier_head="own")
+                         mask_channels=64, neck_channels=64, classifier_head="own", detector_start=True)
 #: The final model (config 3) of each profile; ablations are changes to it (:data:`~.architecture.MODEL_CONFIGS`).
 MODEL_PROFILES: dict[str, ModelConfig] = {
     "smoke": _CPU_MODEL.with_(representation=64, box_batch_size_per_image=32, rpn_post_nms_top_n=200,
