@@ -25,10 +25,10 @@ module trains the trunk once, with dense targets the phantom gives for free, and
   and regression, mask branch) and start their classifier afresh, as a detector pretrained on another dataset
   would be fine-tuned; without it, 300 cpu updates leave the RPN and box regression undertrained (README).
 
-The trunk is cached under ``data/pretrained/<key>/`` (``backbone.pt``, ``detector.pt``, ``manifest.json``), keyed by the
-generator version, the cohort's profile and seed and the :class:`PretrainConfig`; the same key is reused, another
-is rebuilt. :func:`weights_token` names it in model configs (``"pretrained:<key>"``), so no machine path enters a
-cache key or the supplement.
+Both are cached under ``data/pretrained/<key>/`` (``backbone.pt``, ``detector.pt``, ``manifest.json``), keyed by
+the generator version, the cohort's profile and seed and the :class:`PretrainConfig` (with the detector's model
+and schedule); the same key is reused, another is rebuilt. :func:`weights_token` names it in model configs
+(``"pretrained:<key>"``), so no machine path enters a cache key or the supplement.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ from tqdm.auto import tqdm
 from .. import taxonomy as tx
 
 __all__ = ["PretrainConfig", "PRETRAIN_PROFILES", "PRETRAIN_COHORT_SEED", "PRETRAIN_VERSION", "TOKEN_PREFIX",
-           "pretrain_key", "pretrained_dir", "weights_token", "weights_path", "detector_path", "pretrain_detector", "ensure_pretrained", "pretrain_trunk",
-           "dense_targets", "TrunkSegmenter", "pretraining_info", "resolve_start"]
+           "pretrain_key", "pretrained_dir", "weights_token", "weights_path", "detector_path", "pretrain_detector",
+           "ensure_pretrained", "pretrain_trunk", "dense_targets", "TrunkSegmenter", "pretraining_info",
+           "resolve_start"]
 
 #: Bump when the pretraining's code changes what it produces.
 PRETRAIN_VERSION = "2"
@@ -329,8 +330,9 @@ def _detector_configs(config: PretrainConfig, trunk_file: str | os.PathLike[str]
                          f"{config.detector_model!r}")
     model_cfg = MODEL_PROFILES[config.detector_model].with_(weights=str(trunk_file), detector_start=False)
     n = config.detector_iterations
+    # unweighted classification loss: the detector's classifier is never passed on
     schedule = TRAIN_PROFILES[config.detector_model].with_(iterations=n, freeze_detection_at=None, finetune_lr=None,
-                                                           eval_every=0, checkpoint_every=n)
+                                                           eval_every=0, checkpoint_every=n, class_balance=0.0)
     return model_cfg, schedule
 
 
