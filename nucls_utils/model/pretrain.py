@@ -22,8 +22,9 @@ module trains the trunk once, with dense targets the phantom gives for free, and
 * **Detector** (cpu and smoke profiles, ``PretrainConfig.detector_iterations``): the profile's NuCLS model, trained
   from that trunk on the same cohort (exact outlines, main classes) with the profile's schedule and no detection
   freeze. Study models whose config sets ``detector_start`` copy its detection layers (trunk, neck, RPN, box head
-  and regression, mask branch) and start their classifier afresh, as a detector pretrained on another dataset
-  would be fine-tuned; without it, 300 cpu updates leave the RPN and box regression undertrained (README).
+  and regression, mask branch) and start their classifier's own layers afresh, as a detector pretrained on another
+  dataset would be fine-tuned (configs 1, 2 and 6 classify from the box head, so theirs starts trained); without
+  it, 300 cpu updates leave the RPN and box regression undertrained (README).
 
 Both are cached under ``data/pretrained/<key>/`` (``backbone.pt``, ``detector.pt``, ``manifest.json``), keyed by
 the generator version, the cohort's profile and seed and the :class:`PretrainConfig` (with the detector's model
