@@ -577,7 +577,7 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
 
 #: Parameter-name prefixes of the detection layers a pretrained detector passes on. The classifier's own layers
 #: (``cls_score``, ``cls_head``, ``classification_convs``, its own reduction) always start afresh; configs 1, 2 and 6
-#: classify from the shared box head, which is passed on (README, "Pretrained detector": Table S5).
+#: classify from the shared box head, which is passed on (README, "Pretrained detector").
 DETECTION_PREFIXES: tuple[str, ...] = ("backbone.", "rpn.", "roi_heads.box_head.", "roi_heads.bbox_pred.",
                                       "roi_heads.mask_head.", "roi_heads.mask_predictor.")
 _CLASSIFIER_PREFIXES: tuple[str, ...] = ("backbone.reduce_cls.",)
