@@ -569,7 +569,9 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
     model.transform = ScaleFactorTransform(sf, config.scale_jitter)
     model.config = config
     model.weights_source = source
-    if config.detector_start and isinstance(config.weights, str) and config.weights.startswith(_token_prefix()):
+    from .pretrain import TOKEN_PREFIX
+
+    if config.detector_start and isinstance(config.weights, str) and config.weights.startswith(TOKEN_PREFIX):
         loaded = load_detection_layers(model, config.weights)
         model.weights_source = f"{source} + pretrained detector ({loaded} tensors)"
     return model
@@ -581,12 +583,6 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
 DETECTION_PREFIXES: tuple[str, ...] = ("backbone.", "rpn.", "roi_heads.box_head.", "roi_heads.bbox_pred.",
                                       "roi_heads.mask_head.", "roi_heads.mask_predictor.")
 _CLASSIFIER_PREFIXES: tuple[str, ...] = ("backbone.reduce_cls.",)
-
-
-def _token_prefix() -> str:
-    from .pretrain import TOKEN_PREFIX
-
-    return TOKEN_PREFIX
 
 
 def load_detection_layers(model: NucleusMaskRCNN, token: str) -> int:
