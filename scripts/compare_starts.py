@@ -6,7 +6,7 @@ e.g. ``lr=0.005``, or the model, prefixed ``model.``, e.g. ``model.neck_channels
 single-rater) and, for transfer, detection on the 17 real FOVs of ``../shared/data/nucls_sample``. Usage::
 
     .venv/bin/python scripts/compare_starts.py --results results \\
-        --variants pretrained:660:300,scratch:660:300 --out data/start_comparison
+        --variants pretrained:560:200,scratch:560:200 --out data/start_comparison
 
 Training seconds are wall time on this machine; compare them only between variants run alone.
 """
@@ -35,7 +35,7 @@ from nucls_utils.model.train import load_trained, profile_configs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="results/ folder of a cpu run (notebooks 01-02 done)")
-    parser.add_argument("--variants", default="pretrained:660:300,scratch:660:300")
+    parser.add_argument("--variants", default="pretrained:560:200,scratch:560:200")
     parser.add_argument("--out", required=True, help="where the models go")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the models")
     parser.add_argument("--run-seed", type=int, default=0,

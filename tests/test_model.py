@@ -167,6 +167,26 @@ def test_full_model_eval_forward_probabilities_and_nms():
     assert ((out["mask_probs"] >= 0) & (out["mask_probs"] <= 1)).all()
 
 
+def test_test_time_proposal_counts_are_their_own_setting():
+    """The cpu profile trains on 300 proposals per image and keeps 1000 at inference; unset, inference keeps the
+    training counts (the paper profile's 3000)."""
+    same = build_model(SMOKE_CFG.with_(rpn_pre_nms_top_n=50, rpn_post_nms_top_n=10, rpn_pre_nms_top_n_test=None,
+                                       rpn_post_nms_top_n_test=None))
+    cfg = SMOKE_CFG.with_(rpn_pre_nms_top_n=50, rpn_post_nms_top_n=10, rpn_pre_nms_top_n_test=400,
+                          rpn_post_nms_top_n_test=60)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for m, train_counts, test_counts in ((same, (50, 10), (50, 10)), (model, (50, 10), (400, 60))):
+        m.train()
+        assert (m.rpn.pre_nms_top_n(), m.rpn.post_nms_top_n()) == train_counts
+        m.eval()
+        assert (m.rpn.pre_nms_top_n(), m.rpn.post_nms_top_n()) == test_counts
+    with torch.no_grad():
+        images, _ = model.transform([torch.rand(3, 128, 128)])
+        proposals, _ = model.rpn(images, model.backbone(images.tensors))
+    assert 10 < len(proposals[0]) <= 60  # more than training would keep, capped by the test setting
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 2. hybrid mask loss
 # ------------------------------------------------------------------------------------------------------------

@@ -147,6 +147,21 @@ def test_models_start_their_detection_layers_from_the_pretrained_detector(detect
         build_model(base.with_(weights=trunk_root[1]))
 
 
+def test_the_detector_schedule_is_the_profile_s_with_its_own_peak_rate(tmp_path):
+    from nucls_utils.model.train import TRAIN_PROFILES
+
+    cfg = TINY.with_(detector_iterations=7, detector_model="cpu")
+    model_cfg, plain = pt._detector_configs(cfg, tmp_path / "backbone.pt")
+    assert (plain.iterations, plain.freeze_detection_at, plain.class_balance) == (7, None, 0.0)
+    assert plain.lr == TRAIN_PROFILES["cpu"].lr and not model_cfg.detector_start
+    own = pt._detector_configs(cfg.with_(detector_lr=0.03), tmp_path / "backbone.pt")[1]
+    assert own.lr == 0.03 and own.with_(lr=plain.lr) == plain
+    # the cpu detector trains at a higher peak rate than the study models that fine-tune from it
+    cpu = pt.PRETRAIN_PROFILES["cpu"]
+    assert pt._detector_configs(cpu, tmp_path / "backbone.pt")[1].lr > TRAIN_PROFILES["cpu"].lr
+    assert pt.pretrain_key(cfg) != pt.pretrain_key(cfg.with_(detector_lr=0.03))
+
+
 def test_resolve_start(trunk_root, monkeypatch):
     root, _ = trunk_root
     monkeypatch.setenv("NUCLS_PRETRAINED_DIR", str(root))

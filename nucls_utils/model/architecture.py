@@ -75,6 +75,9 @@ class ModelConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n: int = 6000
     rpn_post_nms_top_n: int = 3000
+    # proposals at inference (None: as in training); the cpu profile trains with 300 but keeps 1000 at test time
+    rpn_pre_nms_top_n_test: int | None = None
+    rpn_post_nms_top_n_test: int | None = None
     rpn_batch_size_per_image: int = 256
     roi_size: int = 14
     representation: int = 1024
@@ -523,8 +526,10 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
         mask_roi_pool=MultiScaleRoIAlign(["0"], 14, sampling_ratio=0),
         mask_head=MaskRCNNHeads(ch, (config.mask_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(config.mask_channels, config.mask_channels, 1),
-        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n, rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n,
-        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n, rpn_post_nms_top_n_test=config.rpn_post_nms_top_n,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test or config.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test or config.rpn_post_nms_top_n,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
         box_batch_size_per_image=config.box_batch_size_per_image,
         box_positive_fraction=config.box_positive_fraction,
