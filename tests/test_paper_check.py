@@ -18,12 +18,13 @@ def smoke_trunk(tmp_path, monkeypatch):
 
 def test_every_experiment_resumes_from_its_checkpoint_and_predicts_the_same(smoke_cohort, smoke_trunk, tmp_path):
     table = ex.paper_profile_check(smoke_cohort, tmp_path / "check", max_updates=2, fovs_per_hospital=2,
-                                   profile="smoke", say=None)
+                                   test_fovs=None, compare="all", profile="smoke", say=None)
     plan = ex.experiment_plan("smoke", sorted(table["fold"].unique()), weights=smoke_trunk)
     assert list(table["experiment"]) == [e.name for e in plan]
     assert sorted(table["fold"].unique()) == [1, 2, 3]  # 3 hospitals in the smoke cohort: 3 folds
-    assert table["same_predictions_after_resume"].all()
     trained = table[table["config"] != "4"]
+    assert trained["same_predictions_after_resume"].eq(True).all()
+    assert table.loc[table["config"] == "4", "same_predictions_after_resume"].isna().all()
     # stopped after update 1 of 2 with its checkpoint: the rerun trains exactly the one update left, and its
     # predictions are byte-identical to an uninterrupted run's
     assert (trained["updates_after_resume"] == 1).all()
@@ -38,9 +39,24 @@ def test_every_experiment_resumes_from_its_checkpoint_and_predicts_the_same(smok
         assert not (tmp_path / "check" / name / "checkpoint.pt").exists()
 
 
+def test_the_cheap_check_predicts_one_test_fov_and_compares_one_run_per_architecture(smoke_cohort, smoke_trunk,
+                                                                                      tmp_path):
+    table = ex.paper_profile_check(smoke_cohort, tmp_path / "check", max_updates=2, fovs_per_hospital=2,
+                                   profile="smoke", say=None)
+    assert (table["n_test_fovs"] == 1).all()
+    assert (table.loc[table["config"] != "4", "updates_after_resume"] == 1).all()
+    compared = table[table["same_predictions_after_resume"].notna()]
+    # the first experiment of each trained architecture (configs 3, 1, 2, 6), in plan order
+    assert list(compared["experiment"]) == ["config3_fold1", "config1_fold1", "config2_fold1", "config6_fold1"]
+    assert compared["same_predictions_after_resume"].eq(True).all()
+    assert sorted(p.name for p in (tmp_path / "check" / "uninterrupted").iterdir()) == sorted(compared["experiment"])
+
+
 def test_the_check_needs_an_update_on_each_side_of_the_kill(smoke_cohort, tmp_path):
     with pytest.raises(ValueError, match="max_updates must be >= 2"):
         ex.paper_profile_check(smoke_cohort, tmp_path / "check", max_updates=1, profile="smoke", say=None)
+    with pytest.raises(ValueError, match="compare must be"):
+        ex.paper_profile_check(smoke_cohort, tmp_path / "check", compare="some", profile="smoke", say=None)
 
 
 def test_a_plan_run_by_two_workers_equals_one_worker(smoke_cohort, smoke_trunk, tmp_path):
