@@ -129,10 +129,24 @@ def test_models_start_their_detection_layers_from_the_pretrained_detector(detect
     assert any(k.startswith("rpn.") for k in detection) and any(k.startswith("roi_heads.mask_") for k in detection)
     for k in detection:
         assert torch.equal(state[k], det[k]), k
-    # the classifier starts afresh: its layers are not the detector's
-    for k in ("roi_heads.cls_score.weight", "roi_heads.cls_head.fc6.weight",
-              "roi_heads.classification_convs.0.weight"):
-        assert not torch.equal(state[k], det[k]), k
+    # the final model's classifier (classification convolutions, own head, cls_score) is the detector's too ...
+    clf = ("roi_heads.cls_score.weight", "roi_heads.cls_head.fc6.weight", "roi_heads.classification_convs.0.weight")
+    assert base.classifier_start
+    for k in clf:
+        assert torch.equal(state[k], det[k]), k
+    # ... unless the config says otherwise, or the classifier's layers are not all the detector's in shape: config 2
+    # classifies from the shared box head (only cls_score has the detector's shape); at super-class level, cls_score
+    # differs, so none of the classifier is copied
+    fresh = build_model(base.with_(classifier_start=False)).state_dict()
+    for k in clf:
+        assert not torch.equal(fresh[k], det[k]), k
+    c2 = build_model(base.with_(**MODEL_CONFIGS["2"])).state_dict()
+    assert c2["roi_heads.cls_score.weight"].shape == det["roi_heads.cls_score.weight"].shape
+    assert not torch.equal(c2["roi_heads.cls_score.weight"], det["roi_heads.cls_score.weight"])
+    assert torch.equal(c2["roi_heads.box_head.fc6.weight"], det["roi_heads.box_head.fc6.weight"])
+    c6 = build_model(base.with_(level="super")).state_dict()  # config 3 at super-class level
+    assert c6["roi_heads.cls_score.weight"].shape != det["roi_heads.cls_score.weight"].shape
+    assert not torch.equal(c6["roi_heads.cls_head.fc6.weight"], det["roi_heads.cls_head.fc6.weight"])
     # config 1 regresses boxes per class: that layer keeps its fresh initialisation, the rest is loaded
     c1 = build_model(base.with_(**MODEL_CONFIGS["1"])).state_dict()
     assert c1["roi_heads.bbox_pred.weight"].shape != det["roi_heads.bbox_pred.weight"].shape

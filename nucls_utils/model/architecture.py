@@ -71,6 +71,10 @@ class ModelConfig:
     # RPN, box head and regression, mask branch; never the classifier) from the detector pretrained with that trunk
     # (:mod:`.pretrain`, cpu and smoke profiles); ignored with any other start
     detector_start: bool = False
+    # with detector_start: also start the classifier (classification convolutions, its own head, its reduction,
+    # cls_score) from the detector's when every one of its tensors matches the detector's in name and shape (the
+    # final model at main-class level; configs 1/2/6 classify through other layers and start theirs afresh)
+    classifier_start: bool = False
     anchor_sizes: tuple[float, ...] = (12.0, 24.0, 48.0)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n: int = 6000
@@ -577,30 +581,40 @@ def build_model(config: ModelConfig | None = None) -> NucleusMaskRCNN:
     from .pretrain import TOKEN_PREFIX
 
     if config.detector_start and isinstance(config.weights, str) and config.weights.startswith(TOKEN_PREFIX):
-        loaded = load_detection_layers(model, config.weights)
+        loaded = load_detection_layers(model, config.weights, classifier=config.classifier_start)
         model.weights_source = f"{source} + pretrained detector ({loaded} tensors)"
     return model
 
 
-#: Parameter-name prefixes of the detection layers a pretrained detector passes on. The classifier's own layers
-#: (``cls_score``, ``cls_head``, ``classification_convs``, its own reduction) always start afresh; configs 1, 2 and 6
-#: classify from the shared box head, which is passed on (README, "Pretrained detector").
+#: Parameter-name prefixes of the detection layers a pretrained detector passes on; configs 1, 2 and 6 classify from
+#: the shared box head, which is one of them (README, "Pretrained detector").
 DETECTION_PREFIXES: tuple[str, ...] = ("backbone.", "rpn.", "roi_heads.box_head.", "roi_heads.bbox_pred.",
                                       "roi_heads.mask_head.", "roi_heads.mask_predictor.")
-_CLASSIFIER_PREFIXES: tuple[str, ...] = ("backbone.reduce_cls.",)
+#: The classifier's own layers: passed on only with ``ModelConfig.classifier_start`` and an exact match.
+CLASSIFIER_PREFIXES: tuple[str, ...] = ("backbone.reduce_cls.", "roi_heads.classification_convs.",
+                                        "roi_heads.cls_head.", "roi_heads.cls_score.")
 
 
-def load_detection_layers(model: NucleusMaskRCNN, token: str) -> int:
+def load_detection_layers(model: NucleusMaskRCNN, token: str, *, classifier: bool = False) -> int:
     """Copy the detection layers of the detector pretrained with trunk ``token`` into ``model``; return how many
     tensors were copied. Tensors whose shape differs (config 1's per-class box regression) keep their fresh
-    initialisation; a model that would receive no detection layer at all is an error."""
+    initialisation; a model that would receive no detection layer at all is an error.
+
+    ``classifier=True``: also copy the classifier's layers (:data:`CLASSIFIER_PREFIXES`), all or none: only when the
+    model's classifier tensors are exactly the detector's in name and shape (the detector is the profile's final
+    model at main-class level, so configs without its classification path or at super-class level keep theirs)."""
     from .pretrain import detector_path
 
     state = torch.load(detector_path(token), map_location="cpu", weights_only=True)
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k.startswith(DETECTION_PREFIXES)
-            and not k.startswith(_CLASSIFIER_PREFIXES) and k in own and own[k].shape == v.shape}
+            and not k.startswith(CLASSIFIER_PREFIXES) and k in own and own[k].shape == v.shape}
     if not any(k.startswith("rpn.") for k in take):
         raise ValueError(f"the pretrained detector of {token} does not fit this model (no RPN tensor matches)")
+    if classifier:
+        mine = {k: v.shape for k, v in own.items() if k.startswith(CLASSIFIER_PREFIXES)}
+        theirs = {k: v.shape for k, v in state.items() if k.startswith(CLASSIFIER_PREFIXES)}
+        if mine == theirs:
+            take.update({k: state[k] for k in mine})
     model.load_state_dict(take, strict=False)
     return len(take)

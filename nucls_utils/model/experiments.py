@@ -473,6 +473,7 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
 def main(argv=None) -> int:
     """``python -m nucls_utils.model.experiments paper-check --data DIR --out DIR [--max-updates 2]``."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m nucls_utils.model.experiments")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -488,7 +489,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     table = paper_profile_check(args.data, args.out, max_updates=args.max_updates,
                                 fovs_per_hospital=args.fovs_per_hospital, test_fovs=args.test_fovs or None,
-                                compare=args.compare, say=None)
+                                compare=args.compare, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(table.to_markdown(index=False))
     return 0 if (table["same_predictions_after_resume"] != False).all() else 1  # noqa: E712 (None: not compared)
 

@@ -22,9 +22,11 @@ module trains the trunk once, with dense targets the phantom gives for free, and
 * **Detector** (cpu and smoke profiles, ``PretrainConfig.detector_iterations``): the profile's NuCLS model, trained
   from that trunk on the same cohort (exact outlines, main classes) with the profile's schedule and no detection
   freeze. Study models whose config sets ``detector_start`` copy its detection layers (trunk, neck, RPN, box head
-  and regression, mask branch) and start their classifier's own layers afresh, as a detector pretrained on another
-  dataset would be fine-tuned (configs 1, 2 and 6 classify from the box head, so theirs starts trained); without
-  it, 300 cpu updates leave the RPN and box regression undertrained (README).
+  and regression, mask branch); with ``classifier_start`` the final model (config 3, main classes: the detector's
+  own architecture) copies its classifier too and fine-tunes it on the study's labels, while configs 1, 2 and 6
+  classify from the copied box head through a fresh ``cls_score``. Without the detector, 300 cpu updates leave the
+  RPN and box regression undertrained; without its classifier, 360 classification updates leave config 3's own
+  classification layers behind config 2's (README).
 
 Both are cached under ``data/pretrained/<key>/`` (``backbone.pt``, ``detector.pt``, ``manifest.json``), keyed by
 the generator version, the cohort's profile and seed and the :class:`PretrainConfig` (with the detector's model
@@ -82,7 +84,7 @@ class PretrainConfig:
     class_balance: float = 0.5  # class loss weights ~ (pixel share) ** -class_balance, background included
     # a detector (the NuCLS model of profile ``detector_model``, main classes) trained on the same cohort from the
     # trunk for ``detector_iterations`` updates of that profile's schedule; 0: none. Models whose config sets
-    # ``detector_start`` copy its detection layers (never its classifier)
+    # ``detector_start`` copy its detection layers (and, with ``classifier_start``, its classifier)
     detector_iterations: int = 0
     detector_model: str = ""
     # peak learning rate of the detector's one-cycle schedule (None: that profile's study schedule's); the study
@@ -333,9 +335,10 @@ def _detector_configs(config: PretrainConfig, trunk_file: str | os.PathLike[str]
     if config.detector_model not in MODEL_PROFILES:
         raise ValueError(f"PretrainConfig.detector_model must be one of {', '.join(MODEL_PROFILES)}, not "
                          f"{config.detector_model!r}")
-    model_cfg = MODEL_PROFILES[config.detector_model].with_(weights=str(trunk_file), detector_start=False)
+    model_cfg = MODEL_PROFILES[config.detector_model].with_(weights=str(trunk_file), detector_start=False,
+                                                           classifier_start=False)
     n = config.detector_iterations
-    # unweighted classification loss: the detector's classifier is never passed on
+    # unweighted classification loss (exact labels); the study's fine-tuning of a passed-on classifier re-weights
     schedule = TRAIN_PROFILES[config.detector_model].with_(iterations=n, freeze_detection_at=None, finetune_lr=None,
                                                            eval_every=0, checkpoint_every=n, class_balance=0.0)
     if config.detector_lr is not None:
