@@ -372,6 +372,21 @@ def _stored_predictions(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
 
 
+def _compared_experiments(plan: Sequence[Experiment], compare: str) -> list[str]:
+    """Names of the experiments :func:`paper_profile_check` also trains uninterrupted (see its ``compare``)."""
+    if compare not in ("configs", "all", "none"):
+        raise ValueError(f"compare must be 'configs', 'all' or 'none', not {compare!r}")
+    trained = [e for e in plan if e.detector_from is None]  # config 4 trains no update of a detector
+    if compare == "all":
+        return [e.name for e in trained]
+    if compare == "none":
+        return []
+    first: dict[str, str] = {}
+    for e in trained:
+        first.setdefault(e.config, e.name)
+    return list(first.values())
+
+
 def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_updates: int = 2, fovs_per_hospital: int = 1,
                         test_fovs: int | None = 1, compare: str = "configs", seed: int = 0, profile: str = "paper",
                         progress: bool = False, say=print) -> pd.DataFrame:
@@ -407,8 +422,7 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
 
     if max_updates < 2:
         raise ValueError("max_updates must be >= 2 (one update before the simulated kill, one after)")
-    if compare not in ("configs", "all", "none"):
-        raise ValueError(f"compare must be 'configs', 'all' or 'none', not {compare!r}")
+    _compared_experiments([], compare)  # a bad choice fails before anything is loaded
     records, seen = [], {}
     for r in read_dataset(data_dir):
         if seen.get(r.hospital, 0) < fovs_per_hospital:
@@ -434,11 +448,7 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
     kw = dict(profile=profile, train_config=tcfg, seed=seed, progress=progress, device="cpu",
               classifier_config=ccfg)
     by_name = {x.name: x for x in samples}
-    compared: set[str] = set()
-    for exp in plan:
-        if exp.detector_from is None and (compare == "all" or (
-                compare == "configs" and exp.config not in {e.config for e in plan if e.name in compared})):
-            compared.add(exp.name)
+    compared = _compared_experiments(plan, compare)
     rows = []
     for exp in plan:
         data = fold_data(exp.fold)
