@@ -68,8 +68,8 @@ class ModelConfig:
     backbone_layer: str = "layer4"  # ResNet-18 truncated after this block: layer4 (stride 32) or layer3 (16)
     weights: str | None = "imagenet"  # 'imagenet' (when torchvision can load them), None, or a checkpoint path
     # with a synthetic-pretrained start (weights='pretrained:<key>'): also start the detection layers (trunk, neck,
-    # RPN, box head and regression, mask branch; never the classifier) from the detector pretrained with that trunk
-    # (:mod:`.pretrain`, cpu and smoke profiles); ignored with any other start
+    # RPN, box head and regression, mask branch; the classifier only with classifier_start) from the detector pretrained
+    # with that trunk (:mod:`.pretrain`, cpu and smoke profiles); ignored with any other start
     detector_start: bool = False
     # with detector_start: also start the classifier (classification convolutions, its own head, its reduction,
     # cls_score) from the detector's when every one of its tensors matches the detector's in name and shape (the
