@@ -1,6 +1,6 @@
 """The paper-profile check (``python -m nucls_utils.model.experiments paper-check``): every experiment of a profile's
 plan trains a few updates, is killed after its checkpoint, resumes and predicts the same; here on the smoke profile
-(the paper profile's models take minutes each on a CPU; the check's own output is in the README)."""
+(a paper-profile update takes tens of seconds on a CPU; the check's measured outcome is in the README)."""
 
 from __future__ import annotations
 
