@@ -372,10 +372,18 @@ def _stored_predictions(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("predictions_*.npz"))}
 
 
+#: What :func:`paper_profile_check` may also train uninterrupted (its ``compare``; the CLI's ``--compare``).
+COMPARE_CHOICES: tuple[str, ...] = ("configs", "all", "none")
+
+
+def _check_compare(compare: str) -> None:
+    if compare not in COMPARE_CHOICES:
+        raise ValueError(f"compare must be one of {', '.join(map(repr, COMPARE_CHOICES))}, not {compare!r}")
+
+
 def _compared_experiments(plan: Sequence[Experiment], compare: str) -> list[str]:
     """Names of the experiments :func:`paper_profile_check` also trains uninterrupted (see its ``compare``)."""
-    if compare not in ("configs", "all", "none"):
-        raise ValueError(f"compare must be 'configs', 'all' or 'none', not {compare!r}")
+    _check_compare(compare)
     trained = [e for e in plan if e.detector_from is None]  # config 4 trains no update of a detector
     if compare == "all":
         return [e.name for e in trained]
@@ -422,7 +430,7 @@ def paper_profile_check(data_dir: str | Path, out_dir: str | Path, *, max_update
 
     if max_updates < 2:
         raise ValueError("max_updates must be >= 2 (one update before the simulated kill, one after)")
-    _compared_experiments([], compare)  # a bad choice fails before anything is loaded
+    _check_compare(compare)  # before anything is loaded
     records, seen = [], {}
     for r in read_dataset(data_dir):
         if seen.get(r.hospital, 0) < fovs_per_hospital:
@@ -493,7 +501,7 @@ def main(argv=None) -> int:
     pc.add_argument("--max-updates", type=int, default=2)
     pc.add_argument("--fovs-per-hospital", type=int, default=1)
     pc.add_argument("--test-fovs", type=int, default=1, help="test FOVs predicted per experiment (0: all)")
-    pc.add_argument("--compare", choices=("configs", "all", "none"), default="configs",
+    pc.add_argument("--compare", choices=COMPARE_CHOICES, default="configs",
                     help="experiments also trained uninterrupted to compare predictions with (default: the first of "
                          "each architecture)")
     args = parser.parse_args(argv)
