@@ -137,26 +137,6 @@ def test_run_all_names_the_failing_notebook_and_cell(sample_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_all_defaults_to_the_synthetic_cohort(tmp_path):
-    out = tmp_path / "out"
-    proc = _run_all("--only", "01", "--profile", "smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "synthetic cohort (smoke, seed 0)" in proc.stdout
-    for name in ("nb01_example_fovs", "nb01_ground_truth_overlay", "nb01_stain_densities", "figS9_instances_and_sizes"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
-    calib = pd.read_csv(out / "tables" / "nb01_calibration_vs_real.csv")
-    assert set(calib["quantity"]) >= {"class share, %", "median box width, px", "nuclei per FOV, mean"}
-    folds = pd.read_csv(out / "tables" / "table1_folds_N_dataset.csv")
-    assert folds["fold"].tolist() == [1, 2, 3]  # 3 synthetic hospitals in smoke: a seeded 3-fold split
-    ann = pd.read_csv(out / "results" / "synthetic_smoke" / "01_data_prep" / "annotations.csv")
-    # annotators' boxes and traced outlines, in about the core set's proportions (1/3 traced)
-    assert set(ann["type"]) == {"rectangle", "polyline"} and 0.2 < (ann["type"] == "polyline").mean() < 0.45
-    # a second run reuses the cached cohort
-    again = _run_all("--only", "01", "--profile", "smoke", "--out", str(out))
-    assert again.returncode == 0 and "up to date, reused" in again.stdout
-
-
-@pytest.mark.slow
 def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     """`./run_all.sh --profile smoke` end to end: notebook 02 writes the study that notebooks 03-07 read; a re-run
     reuses every notebook; a second run from scratch with the same seed writes byte-identical tables."""
@@ -165,6 +145,17 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     executed = sorted(p.name for p in (out / "supplement").glob("*.ipynb"))
     assert executed == sorted(p.name for p in NOTEBOOKS) and len(executed) >= 4
+    # without --data the run uses the synthetic cohort (notebook 01: its figures, the comparison with the real core
+    # set, a seeded 3-fold split of its 3 hospitals, boxes and traced outlines in about the core set's proportions)
+    assert "synthetic cohort (smoke, seed 0)" in proc.stdout
+    for name in ("nb01_example_fovs", "nb01_ground_truth_overlay", "nb01_stain_densities", "figS9_instances_and_sizes"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    calib = pd.read_csv(out / "tables" / "nb01_calibration_vs_real.csv")
+    assert set(calib["quantity"]) >= {"class share, %", "median box width, px", "nuclei per FOV, mean"}
+    folds = pd.read_csv(out / "tables" / "table1_folds_N_dataset.csv")
+    assert folds["fold"].tolist() == [1, 2, 3]
+    ann = pd.read_csv(out / "results" / "synthetic_smoke" / "01_data_prep" / "annotations.csv")
+    assert set(ann["type"]) == {"rectangle", "polyline"} and 0.2 < (ann["type"] == "polyline").mean() < 0.45
     s2 = pd.read_csv(out / "tables" / "tableS2_suggestion_accuracy.csv")
     assert set(s2["suggestions"]) == {"bootstrap", "refined", "refined, region class"}
     assert set(s2["reference"]) == {"corrected single-rater", "exact truth"}
@@ -176,7 +167,24 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     for name in ("figS2_suggestion_examples", "figS4_suggestion_accuracy_per_fov", "figS2_refinement_training",
                  "fig2_clustering_example", "fig3e_np_redundancy"):
         assert (out / "figures" / f"{name}.png").exists()
-    assert (out / "results" / "synthetic_smoke" / "03_agreement" / "truth_E.csv").exists()
+    # notebooks 03 and 04 on the study notebook 02 wrote: every figure, the truth they infer, the paper's numbers
+    for name in ("fig3a_detection_accuracy", "fig3b_np_label_roc", "fig3c_pathologist_confusion", "fig3d_mds_kappa",
+                 "fig4b_clicked_suggestions", "fig4c_boundary_accuracy", "fig4d_self_agreement",
+                 "fig4e_accuracy_by_set", "fig5a_anchors_vs_threshold", "fig5b_constraint_effect",
+                 "fig5c_alpha_by_threshold", "fig5d_pairwise_kappa", "figS3_super_class_accuracy",
+                 "figS5_clicked_boundaries", "figS7_confusion", "figS8_ease_of_detection", "figS16_clustering_algorithm",
+                 "nb03_truth_vs_generator"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
+        assert (out / "figures" / f"{name}.pdf").exists(), name
+    stage = out / "results" / "synthetic_smoke" / "03_agreement"
+    assert {"truth_E.csv", "truth_U-control.csv", "labels_E.csv", "truth_tables.json"} <= {p.name for p in
+                                                                                         stage.iterdir()}
+    pvr = pd.read_csv(out / "tables" / "nb03_paper_vs_run.csv").set_index("quantity")
+    assert 0 < float(pvr.at["alpha x 100, Ps, main classes, IOU 0.25", "this_run"]) <= 100
+    assert 0.5 < float(pvr.at["NP-label AUROC, micro (E, main classes)", "this_run"]) <= 1
+    fig3e = pd.read_csv(out / "tables" / "fig3e_np_redundancy.csv")
+    assert set(fig3e["k"]) == set(range(2, 16)) and {"mcc", "auroc_micro", "det_f1"} <= set(fig3e["metric"])
+    assert "EM inferences in" in _executed_stdout(out / "supplement" / "04_em_simulations.ipynb")
     # 05 trains every experiment of the plan on each hospital fold; 06 evaluates the stored predictions; 07 DTALE
     runs = pd.read_csv(out / "results" / "synthetic_smoke" / "05_training" / "training_runs.csv")
     assert {"config3_fold1", "config1_fold1", "config2_fold1", "config4_fold1", "config6_fold1", "sf1_fold1",
@@ -214,6 +222,7 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     proc2 = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--out", str(out2)], capture_output=True,
                            text=True, timeout=1500, env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
+    assert "up to date, reused" in proc2.stdout  # the cached cohort
     tables_after = {p.name: p.read_bytes() for p in (out2 / "tables").iterdir()}
     assert tables_after.keys() == tables_before.keys()
     differ = sorted(k for k in tables_before if tables_before[k] != tables_after[k])
@@ -224,48 +233,3 @@ def _executed_stdout(nb_path: Path) -> str:
     cells = json.loads(nb_path.read_text())["cells"]
     return "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
                    if o.get("output_type") == "stream")
-
-
-@pytest.mark.slow
-def test_run_all_notebooks_03_04_smoke(tmp_path):
-    """Notebooks 03 and 04 on a simulated study in notebook 02's layout (written here with the same writer, with the
-    true nuclei as suggestions, so the test does not depend on the refinement model). (The real sample, which has
-    no multi-rater data, is covered by test_run_all_every_notebook_on_real_sample.)"""
-    import numpy as np
-
-    from nucls_utils import config, crowd, phantom
-    from nucls_utils import io as nio
-
-    out = tmp_path / "out"
-    cohort, _ = phantom.ensure_cohort(config.synthetic_dir("smoke"), "smoke", 0, progress=False)
-    records = nio.read_dataset(cohort)
-    rng = np.random.default_rng(0)
-    truth = [list(r.nuclei) for r in records]
-    crowd.write_annotation_study(out / "results" / "synthetic_smoke" / "02_suggestions" / "study", records,
-                                 [n[::2] for n in truth], truth, [[1.0] * len(n) for n in truth],
-                                 pd.DataFrame({"stratum": "test"}, index=range(4)), crowd.make_roster(rng), rng, seed=0)
-    proc = _run_all("--only", "03", "--profile", "smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("fig2_clustering_example", "fig3a_detection_accuracy", "fig3b_np_label_roc",
-                 "fig3c_pathologist_confusion", "fig3d_mds_kappa", "fig4b_clicked_suggestions",
-                 "fig4c_boundary_accuracy", "fig4d_self_agreement", "fig4e_accuracy_by_set",
-                 "fig5a_anchors_vs_threshold", "fig5b_constraint_effect", "fig5c_alpha_by_threshold",
-                 "fig5d_pairwise_kappa", "figS3_super_class_accuracy", "figS5_clicked_boundaries", "figS7_confusion",
-                 "figS8_ease_of_detection", "figS16_clustering_algorithm", "nb03_truth_vs_generator"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
-        assert (out / "figures" / f"{name}.pdf").exists(), name
-    stage = out / "results" / "synthetic_smoke" / "03_agreement"
-    assert {"truth_E.csv", "truth_U-control.csv", "labels_E.csv", "truth_tables.json"} <= {p.name for p in
-                                                                                         stage.iterdir()}
-    pvr = pd.read_csv(out / "tables" / "nb03_paper_vs_run.csv").set_index("quantity")
-    assert float(pvr.at["NP-label detection AP (E, IOU 0.25)", "paper"]) == 0.68
-    assert 0 < float(pvr.at["alpha x 100, Ps, main classes, IOU 0.25", "this_run"]) <= 100
-    assert 0.5 < float(pvr.at["NP-label AUROC, micro (E, main classes)", "this_run"]) <= 1
-
-    proc = _run_all("--only", "04", "--profile", "smoke", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (out / "figures" / "fig3e_np_redundancy.png").stat().st_size > 10_000
-    fig3e = pd.read_csv(out / "tables" / "fig3e_np_redundancy.csv")
-    assert set(fig3e["k"]) == set(range(2, 16)) and {"mcc", "auroc_micro", "det_f1"} <= set(fig3e["metric"])
-    assert "EM inferences in" in _executed_stdout(out / "supplement" / "04_em_simulations.ipynb")
-
