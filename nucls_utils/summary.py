@@ -160,11 +160,13 @@ def paper_vs_run(annotations: pd.DataFrame, fovs: pd.DataFrame, core_annotations
 
 def calibration_comparison(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.DataFrame:
     """This dataset next to the real core set (the phantom's calibration constants): per raw class, the share of
-    nuclei and the median box width/height; last row, nuclei per FOV (mean).
+    nuclei and the median box width/height; then nuclei per FOV (mean) and the share of nuclei whose box overlaps a
+    neighbour's by more than IOU 0.1-0.4 (how crowded they are).
 
     Returns ``quantity, class, real_core_set, this_dataset, difference``.
     """
-    from .phantom.calibration import CLASS_BOX_STATS, NUCLEI_PER_FOV, class_proportions
+    from .phantom.calibration import (CLASS_BOX_STATS, NEIGHBOUR_OVERLAP_SHARE, NUCLEI_PER_FOV, class_proportions,
+                                      neighbour_overlap_share)
 
     real_p = class_proportions()
     ann = annotations[annotations["type"] != "point"]
@@ -179,6 +181,9 @@ def calibration_comparison(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.
         rows.append(("median box height, px", cls, st.height_median,
                      float(sub["height"].median()) if len(sub) else np.nan))
     rows.append(("nuclei per FOV, mean", "all", NUCLEI_PER_FOV["mean"], float(instances_per_fov(ann, fovs).mean())))
+    overlap = neighbour_overlap_share(ann)
+    for t, real in NEIGHBOUR_OVERLAP_SHARE.items():
+        rows.append((f"boxes overlapping a neighbour, IOU > {t:g}, %", "all", 100 * real, 100 * overlap[t]))
     out = pd.DataFrame(rows, columns=["quantity", "class", "real_core_set", "this_dataset"])
     out["difference"] = out["this_dataset"] - out["real_core_set"]
     return out.round(2)

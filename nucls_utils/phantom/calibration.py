@@ -3,7 +3,7 @@
 Source: ``nucls_core_metadata.sqlite`` (the public corrected single-rater core set; in this project at
 ``../shared/data/``), read with ``read_core_metadata(drop_duplicate_fovs=True)``: 1,744 unique FOVs and 59,374 nuclei
 with a box (the 111 degenerate ``point`` rows are left out). :func:`derive_calibration` recomputes every constant
-below from that file, and ``tests/test_phantom_calibration.py`` checks that they agree, so a fresh machine needs no
+below from that file, and ``tests/test_phantom.py`` checks that they agree, so a fresh machine needs no
 ``../shared`` while the numbers stay traceable.
 
 Box sizes are in pixels at 0.2 microns per pixel. Real boxes are a mix of hand-drawn rectangles and the bounding
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ClassBoxStats", "CLASS_BOX_STATS", "NUCLEI_PER_FOV", "FOV_RECT_SIDE_PX", "POLYLINE_SHARE",
-           "HOSPITAL_SLIDE_COUNTS",
-           "class_proportions", "derive_calibration"]
+           "HOSPITAL_SLIDE_COUNTS", "OVERLAP_THRESHOLDS", "NEIGHBOUR_OVERLAP_SHARE",
+           "class_proportions", "neighbour_overlap_share", "derive_calibration"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ NUCLEI_PER_FOV = {"mean": 34.04, "median": 29.0, "sd": 19.78}
 FOV_RECT_SIDE_PX = {"median": 317.0, "q25": 316.0, "q75": 318.0}
 #: Share of nuclei with an approved boundary (polyline) rather than a drawn box.
 POLYLINE_SHARE = 0.331
+#: IOU thresholds of :data:`NEIGHBOUR_OVERLAP_SHARE`.
+OVERLAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4)
+#: Share of nuclei whose box overlaps another box of the same FOV by more than each IOU threshold: how crowded the
+#: annotated nuclei are. It matters to the detector: the paper's model suppresses boxes overlapping a higher-scoring
+#: one by IOU > 0.2 (NMS), so a cohort more crowded than the real one loses true nuclei to NMS.
+NEIGHBOUR_OVERLAP_SHARE = {0.1: 0.1008, 0.2: 0.021, 0.3: 0.0054, 0.4: 0.0017}
 #: Slides per hospital in the core set, largest first (18 hospitals, 124 slides).
 HOSPITAL_SLIDE_COUNTS = (18, 15, 13, 12, 9, 8, 8, 7, 6, 6, 5, 5, 4, 2, 2, 2, 1, 1)
 
@@ -67,11 +73,27 @@ def class_proportions() -> dict[str, float]:
     return {c: s.n / total for c, s in CLASS_BOX_STATS.items()}
 
 
+def neighbour_overlap_share(ann, thresholds=OVERLAP_THRESHOLDS) -> dict[float, float]:
+    """Share of the boxes in ``ann`` (columns ``fovname, xmin, ymin, xmax, ymax``) whose highest IOU with another box
+    of the same FOV exceeds each threshold (rounded to 4 decimals)."""
+    from ..evaluation import box_iou
+
+    highest = []
+    for _, g in ann.groupby("fovname", sort=False):
+        iou = box_iou(g[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), g[["xmin", "ymin", "xmax", "ymax"]]
+                      .to_numpy(float))
+        np.fill_diagonal(iou, 0.0)
+        highest.append(iou.max(axis=1) if len(g) > 1 else np.zeros(len(g)))
+    best = np.concatenate(highest) if highest else np.zeros(0)
+    return {float(t): round(float((best > t).mean()), 4) if best.size else float("nan") for t in thresholds}
+
+
 def derive_calibration(sqlite_path: str | os.PathLike[str]) -> dict:
     """Recompute the constants of this module from the core-set metadata sqlite.
 
     Returns a dict with keys ``class_box_stats`` (raw class -> :class:`ClassBoxStats`, rounded as above),
-    ``nuclei_per_fov``, ``fov_rect_side_px``, ``polyline_share`` and ``hospital_slide_counts``.
+    ``nuclei_per_fov``, ``fov_rect_side_px``, ``polyline_share``, ``neighbour_overlap_share`` and
+    ``hospital_slide_counts``.
     """
     from ..io.metadata import read_core_metadata
 
@@ -94,6 +116,7 @@ def derive_calibration(sqlite_path: str | os.PathLike[str]) -> dict:
         "fov_rect_side_px": {"median": float(np.median(sides)), "q25": float(np.percentile(sides, 25)),
                              "q75": float(np.percentile(sides, 75))},
         "polyline_share": round(float((ann["type"] == "polyline").mean()), 3),
+        "neighbour_overlap_share": neighbour_overlap_share(ann),
         "hospital_slide_counts": tuple(int(v) for v in fovs.drop_duplicates("slide_name").groupby("hospital")
                                        .size().sort_values(ascending=False)),
     }

@@ -38,7 +38,7 @@ __all__ = ["GENERATOR_VERSION", "CohortSpec", "PROFILE_SPECS", "generate_cohort"
            "cohort_is_current", "cohort_problem", "read_manifest", "fov_region_map"]
 
 #: Bump whenever the generator's output changes; cached cohorts with another version are regenerated.
-GENERATOR_VERSION = "2.4.0"
+GENERATOR_VERSION = "2.5.0"
 #: Slide coordinates at base magnification are at 0.25 microns per pixel (40x), the RGB at 0.2: factor 0.8.
 BASE_PER_RGB_PX = 0.8
 
