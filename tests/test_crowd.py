@@ -87,6 +87,25 @@ def test_single_rater_correction_fixes_errors(smoke):
     assert sum(len(f.nuclei) for f in raw) != sum(len(f.nuclei) for f in fixed)
 
 
+def test_correction_adds_missed_nuclei_as_a_pathologist_sees_them():
+    from nucls_utils.crowd import correct_annotations
+    from nucls_utils.crowd.participants import PATHOLOGIST_SENSITIVITY
+
+    # 1,500 lymphocytes and 1,500 fibroblasts, none annotated: the correction adds each with the pathologists' mean
+    # sensitivity for its class (0.95 and 0.72), as boxes marked as corrections
+    truth = [nio.Nucleus.from_box(cls, 30 * (i % 50), 30 * (i // 50), 30 * (i % 50) + 20, 30 * (i // 50) + 20)
+             for i, cls in enumerate(["lymphocyte", "fibroblast"] * 1500)]
+    added = correct_annotations(truth, [], np.random.default_rng(0))
+    assert all(a.raw_classification.startswith("correction_") and a.type == "rectangle" for a in added)
+    for cls in ("lymphocyte", "fibroblast"):
+        share = sum(a.raw_class == cls for a in added) / 1500
+        assert abs(share - PATHOLOGIST_SENSITIVITY[cls]) < 0.035, (cls, share)  # 3 binomial SDs at most
+    assert PATHOLOGIST_SENSITIVITY["lymphocyte"] > PATHOLOGIST_SENSITIVITY["fibroblast"]
+    # a number sets one chance for every class
+    flat = correct_annotations(truth, [], np.random.default_rng(0), CorrectionPolicy(add_missed=0.5))
+    assert abs(len(flat) / 3000 - 0.5) < 0.03
+
+
 def test_multirater_round_trip_and_determinism(smoke, tmp_path):
     def study(seed):
         rng = np.random.default_rng(seed)

@@ -37,7 +37,7 @@ import pandas as pd
 
 from .. import taxonomy as tx
 
-__all__ = ["GroupPrior", "GROUP_PRIORS", "CALIBRATION", "RECOGNITION", "Participant", "make_roster", "roster_frame", "CLASS_INDEX",
+__all__ = ["GroupPrior", "GROUP_PRIORS", "PATHOLOGIST_SENSITIVITY", "CALIBRATION", "RECOGNITION", "Participant", "make_roster", "roster_frame", "CLASS_INDEX",
            "CONFUSABLE_PAIRS", "adoption_probability"]
 
 CLASSES = tx.RAW_CLASSES
@@ -56,6 +56,10 @@ _SENSITIVITY = {
     "myoepithelium": (0.7, 0.45), "apoptotic_body": (0.7, 0.5), "neutrophil": (0.8, 0.6),
     "ductal_epithelium": (0.85, 0.7), "eosinophil": (0.8, 0.6), "unlabeled": (0.6, 0.5),
 }
+
+#: The pathologists' mean detection sensitivity per class (also the chance that the single-rater data's correction
+#: adds a nucleus the NP missed, :class:`~nucls_utils.crowd.study.CorrectionPolicy`).
+PATHOLOGIST_SENSITIVITY: dict[str, float] = {c: v[0] for c, v in _SENSITIVITY.items()}
 
 
 @dataclass(frozen=True)
