@@ -8,7 +8,7 @@ own (never the study's 0) and scores the squared log ratios of the four shares t
 a coarse pass (30 layouts) are scored again on 150. The factors are relative to the region parameters in
 ``nucls_utils/phantom/layout.py`` as they stand, so run it before changing them, or read the result as a step.
 
-    python scripts/fit_crowding.py            # about 5 min on 2 cores
+    python scripts/fit_crowding.py            # a few minutes on one core
 """
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ class CorrectionPolicy:
     pathologist's supervision, with review galleries (Fig. S1). So a missed nucleus is added with the chance that a
     pathologist sees a nucleus of its class (``add_missed=None``: the pathologists' mean per-class detection
     sensitivity, :data:`~nucls_utils.crowd.participants.PATHOLOGIST_SENSITIVITY`, 0.6-0.95); a number sets one chance
-    for every class. Until generator 2.5 it was a flat 0.6, and the corrected data missed 14 % of the true nuclei of
+    for every class. Until 2026-12-05 it was a flat 0.6, and the corrected data missed 14 % of the true nuclei of
     the validation fold's test FOVs, which capped the model's AP@.5 against it (README).
     """
 

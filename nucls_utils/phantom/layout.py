@@ -50,7 +50,7 @@ class RegionParams:
 
 # Spacing and overlap (generator 2.5, fitted): how crowded the nuclei are is a calibration target, the real core set's
 # share of boxes overlapping a neighbour by IOU > 0.1 / 0.2 / 0.3 / 0.4 (calibration.NEIGHBOUR_OVERLAP_SHARE: 10.1 /
-# 2.1 / 0.54 / 0.17 %). Generator 2.4 placed nuclei at 0.05 less spacing (except in ducts and stroma) and with ten
+# 2.1 / 0.54 / 0.17 %). Generator 2.4 placed nuclei at 0.05 less spacing (but around ducts) and with ten
 # times the overlap chances: 32 / 11 / 5.7 / 2.9 % of boxes. `python scripts/fit_crowding.py` (seed 101, 2026-12-05)
 # chose one factor on every overlap chance and one step added to every spacing below 1 from a grid (factor 0.05-0.3,
 # step 0.05-0.12; 30 layouts of 1024 px each, then the four best on 150): factor 0.1, step 0.05, cost 0.52 (the squared
