@@ -58,7 +58,7 @@ def test_calibration_refuses_the_study_seed():
 
 #: How far (in calibration tolerances) a target may sit on the smoke profile's small world (10 FOVs instead of the
 #: cpu profile's 24 multi-rater FOVs the fit used, three seeds): the statistics are noisier there. (Measured with the
-#: stored priors: every checked target within 1.5.)
+#: priors fitted 2026-12-05: every checked target within 1.12.)
 SMOKE_FACTOR = 2.0
 
 
@@ -76,9 +76,11 @@ def test_fitted_crowd_reproduces_its_targets_on_the_smoke_profile(smoke_world):
     runs = [cal.simulate_statistics(cal.CrowdModel(GROUP_PRIORS), smoke_world, roster_seed=s, study_seed=100 + s)
             for s in (0, 1, 2)]
     mean = {k: float(np.nanmean([r[k] for r in runs])) for k in runs[0]}
-    # the per-NP MCC extremes are left out here: an extreme over 32 NPs depends on how many nuclei each NP labels,
-    # and on 10 small FOVs the least busy NPs label a handful (the lowest NP falls far below the cpu world's)
-    keys = [k for k in cal.TARGETS if k not in ("fig3.np_mcc_low", "fig3.np_mcc_high")]
+    # the per-NP MCC extremes and the kappa SDs are left out here: an extreme or a spread over 32 NPs depends on how
+    # many nuclei each NP labels, and on 10 small FOVs the least busy NPs label a handful (the lowest NP falls far
+    # below the cpu world's; the NPs' kappa SD is 16.7 here, 9.6 on the cpu world with the same priors); the cpu
+    # world's check (README) reports them
+    keys = [k for k in cal.TARGETS if k not in ("fig3.np_mcc_low", "fig3.np_mcc_high") and not k.endswith(":sd")]
     z = {k: round((mean[k] - float(paper.lookup(k))) / cal.tolerance(k), 2) for k in keys}
     assert all(abs(v) <= SMOKE_FACTOR for v in z.values()), z
 

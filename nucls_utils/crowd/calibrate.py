@@ -76,9 +76,8 @@ TARGETS: dict[str, str] = {
 #:   threshold would take a crowd that boxes a score of non-nuclei per FOV.
 #: * The detected-by-16-NPs shares depend mostly on how many NPs annotate each FOV, a design the paper does not state
 #:   (the study keeps 10-20 NPs per FOV).
-#: * The clicked shares depend first on how many nuclei get a suggested boundary at all: the cpu profile's refiner
-#:   gives one to about a third of the nuclei (paper: recall 48 %), so they would measure the refiner, not the
-#:   participants; the click priors stay hand-set until the refiner is trained like the paper's (issue 16).
+#: * The clicked shares depend first on how many nuclei get a suggested boundary at all (paper: refiner recall
+#:   48 %), so they measure the refiner as much as the participants; the click priors stay hand-set.
 #: * The effect of suggestions (E vs U-control): its mechanism is planted and hand-set (recognition,
 #:   :data:`~nucls_utils.crowd.participants.RECOGNITION`, against adoption of wrong suggestions); how large it comes
 #:   out on the NP-label, and whether the analysis reads it with the right sign, is what the check reports.

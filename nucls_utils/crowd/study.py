@@ -62,7 +62,7 @@ def _jittered_box(n: Nucleus, jitter: float, shape: tuple[int, int], rng: np.ran
 
 #: Share of nuclei that look like one of their confusable partners (:func:`apparent_classes`): a property of the
 #: nuclei, the same for every participant (fitted with the crowd's priors, see :mod:`.calibrate`).
-AMBIGUITY = 0.3809
+AMBIGUITY = 0.4628
 #: Share of nuclei that are subtle (faint, small, crowded: harder to see for everyone) and decoys per FOV (objects
 #: that look like a nucleus and are not): properties of the FOV (:func:`fov_looks`), hand-set (not fitted).
 SUBTLE_SHARE = 0.2
