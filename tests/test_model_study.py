@@ -53,3 +53,19 @@ def test_table1_mean_row_leaves_out_the_validation_fold():
     assert t.iloc[-1]["AP@.5"] == "70.0 (10.0)"  # mean and SD of 60, 70, 80 -- fold 1's 90 left out
     assert t.iloc[-1]["det N"] == 900
     assert t.iloc[0]["AP@.5"] == 90.0
+
+
+def test_table_s4_recall_is_the_share_of_each_super_class_predicted_as_it():
+    """Planted predictions: 4 tumour nuclei all called tumour, 4 stromal nuclei of which 1 is called stromal, 2
+    sTILs both called sTIL; recall per super-class 1.0 / 0.25 / 1.0 (in percent), beside MCC and AUROC."""
+    from nucls_utils.evaluation import classification_scores
+    from nucls_utils.model.report import table_s4
+
+    classes = ["tumor_any", "nonTIL_stromal", "sTIL"]
+    truth = ["tumor_any"] * 4 + ["nonTIL_stromal"] * 4 + ["sTIL"] * 2
+    called = ["tumor_any"] * 4 + ["nonTIL_stromal"] + ["tumor_any"] * 3 + ["sTIL"] * 2
+    probs = np.array([[0.8 if c == k else 0.1 for c in classes] for k in called])
+    res = classification_scores(truth, probs, classes, "super")
+    s4 = table_s4({("config3_fold2", "corrected"): {"super": res}}, ["config3_fold2"], "corrected").iloc[0]
+    assert (s4["recall tumor_any"], s4["recall nonTIL_stromal"], s4["recall sTIL"]) == (100.0, 25.0, 100.0)
+    assert s4["MCC nonTIL_stromal"] == round(100 * res["per_class"].loc["nonTIL_stromal", "mcc"], 1)
