@@ -69,3 +69,33 @@ def test_table_s4_recall_is_the_share_of_each_super_class_predicted_as_it():
     s4 = table_s4({("config3_fold2", "corrected"): {"super": res}}, ["config3_fold2"], "corrected").iloc[0]
     assert (s4["recall tumor_any"], s4["recall nonTIL_stromal"], s4["recall sTIL"]) == (100.0, 25.0, 100.0)
     assert s4["MCC nonTIL_stromal"] == round(100 * res["per_class"].loc["nonTIL_stromal", "mcc"], 1)
+
+
+def _diag_sample(name: str, slide: str, classes: list[str], drop: tuple[int, ...] = (), shift: dict | None = None):
+    """FOV with square 20 px boxes along the diagonal; ``drop`` leaves nuclei out, ``shift`` moves a box by px."""
+    from nucls_utils.model.data import FovSample
+
+    keep = [i for i in range(len(classes)) if i not in drop]
+    boxes = np.array([(25 * i, 25 * i, 25 * i + 20, 25 * i + 20) for i in keep], dtype=np.int32).reshape(-1, 4)
+    for k, i in enumerate(keep):
+        boxes[k, [0, 2]] += (shift or {}).get(i, 0)
+    return FovSample(name=name, hospital="XX", slide=slide, rgb=np.full((260, 260, 3), 200, np.uint8), boxes=boxes,
+                     classes=np.asarray([classes[i] for i in keep], dtype=object), ismask=np.zeros(len(keep), bool),
+                     masks=[np.ones((20, 20), bool) for _ in keep])
+
+
+def test_truth_ceiling_scores_the_generator_against_a_noisy_truth():
+    """Planted: fold 1's truth equals the generator's nuclei (a perfect model scores AP@.5 100 and MCC 100); fold 2's
+    truth misses 2 of 10 nuclei, draws one box 12 px off (IOU 0.25: a miss and a false addition) and calls one tumour
+    nucleus a lymphocyte: of 8 truth boxes 7 match, so AP@.5 is below 100 and the main MCC below 100."""
+    from nucls_utils.model.report import truth_ceiling
+
+    classes = ["tumor_nonMitotic"] * 5 + ["lymphocyte"] * 5
+    gen = [_diag_sample("a", "S1", classes), _diag_sample("b", "S2", classes)]
+    noisy = list(classes)
+    noisy[0] = "lymphocyte"
+    truth = [_diag_sample("a", "S1", classes), _diag_sample("b", "S2", noisy, drop=(8, 9), shift={3: 12})]
+    t = truth_ceiling(truth, gen, {"S1": 1, "S2": 2}).set_index("fold")
+    assert t.loc[1, "AP@.5"] == 100.0 and t.loc[1, "main MCC"] == 100.0
+    assert (t.loc[2, "truth nuclei"], t.loc[2, "generator nuclei"], t.loc[2, "matched at IOU 0.5"]) == (8, 10, 7)
+    assert t.loc[2, "AP@.5"] < 90.0 and t.loc[2, "main MCC"] < 100.0

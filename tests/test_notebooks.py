@@ -192,7 +192,7 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     t1 = pd.read_csv(out / "tables" / "table1_corrected_singlerater.csv")
     assert t1["fold"].iloc[0] == "1 (val)" and t1["fold"].iloc[-1].startswith("Mean (SD)")
     for name in ("table1_ptruth_E", "tableS3_scale_factor", "tableS5_ablations", "tableS6_uncorrected_training",
-                 "nb06_vs_generator_truth", "fig7_dtale_rules", "nb07_paper_vs_run"):
+                 "nb06_vs_generator_truth", "nb06_truth_ceiling", "fig7_dtale_rules", "nb07_paper_vs_run"):
         assert (out / "tables" / f"{name}.csv").exists(), name
     for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay"):
         assert (out / "figures" / f"{name}.png").exists(), name

@@ -17,13 +17,13 @@ import pandas as pd
 
 from .. import paper
 from .. import taxonomy as tx
-from ..evaluation import evaluate_model
+from ..evaluation import ImagePrediction, evaluate_model
 from .data import FovSample, eval_truth
 from .detections import Detections
 from .experiments import Experiment, load_predictions
 
 __all__ = ["evaluate_samples", "evaluate_plan", "TABLE1_COLUMNS", "table1", "table_s3", "table_s4", "table_s5",
-           "table_s6", "paper_vs_run", "plot_training_curves", "plot_confusions", "plot_predictions",
+           "table_s6", "paper_vs_run", "truth_ceiling", "plot_training_curves", "plot_confusions", "plot_predictions",
            "PAPER_TABLE1", "PAPER_S5", "PAPER_S6_MEAN", "PAPER_S3"]
 
 #: Table 1's metric columns (result keys of :func:`evaluate_model`) and their headers.
@@ -226,6 +226,41 @@ def paper_vs_run(table1_rows: pd.DataFrame, truth: str) -> pd.DataFrame:
                     "this run SD": round(v.std(ddof=1), 1) if v.notna().sum() > 1 else None,
                     "folds": ",".join(map(str, sorted(use["fold"]))), "paper_key": f"table1.{which}.{k}"})
     return pd.DataFrame(out)
+
+
+def truth_ceiling(truth: Sequence[FovSample], generator: Sequence[FovSample], fold_of_slide: dict[str, int], *,
+                  seed: int = 0) -> pd.DataFrame:
+    """What a perfect model would score against a noisy truth (synthetic cohort): the generator's exact nuclei, with
+    their true classes and boundaries, scored as predictions against ``truth`` (e.g. the corrected single-rater
+    data) by :func:`evaluate_model`, one row per test fold (slides' folds from ``fold_of_slide``).
+
+    Every generator nucleus gets a seeded random detection score (a perfect detector has no ranking to give), so
+    AP@.5 is the precision-recall area of the truth's own errors: nuclei it misses and boxes it adds or draws more
+    than IOU 0.5 off. The MCCs are those of the true classes against the truth's labels on matched nuclei."""
+    gen = {g.name: g for g in generator}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fold in sorted(set(fold_of_slide.values())):
+        pairs = [(t, gen[t.name]) for t in truth if fold_of_slide.get(t.slide) == fold and t.name in gen]
+        if not pairs:
+            continue
+        truths, preds = [], []
+        for t, g in pairs:
+            truths.append(eval_truth(t))
+            main = [tx.to_main(c) for c in g.classes]
+            probs = np.array([[float(m == c) for c in tx.MAIN_CLASSES] for m in main]).reshape(-1, len(tx.MAIN_CLASSES))
+            preds.append(ImagePrediction(g.boxes.astype(float), rng.random(len(g.boxes)), probs, tx.MAIN_CLASSES,
+                                         [m.copy() for m in g.masks]))
+        res = evaluate_model(truths, preds)
+        n_truth = res["det_n"]
+        rows.append({"fold": fold, "fovs": len(pairs), "truth nuclei": n_truth, "generator nuclei": res["n_pred"],
+                     "matched at IOU 0.5": len(res["pairs"]), "AP@.5": res["ap50"], "mAP@.5:.95": res["map"],
+                     "median DICE": res["seg_median_dice"], "main MCC": res["main_mcc"],
+                     "super MCC": res["super_mcc"]})
+    df = pd.DataFrame(rows)
+    pct = ["AP@.5", "mAP@.5:.95", "median DICE", "main MCC", "super MCC"]
+    df[pct] = (100 * df[pct].astype(float)).round(1)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------------------------
