@@ -257,3 +257,18 @@ def test_skill_spread_widens_the_participants_accuracy():
     (acc0, ins0), (acc1, ins1) = spread(0.0), spread(1.0)
     assert ins0 < 1e-9 and ins1 > 0.1  # insight moves with the talent draw
     assert acc1 > 2 * acc0
+
+
+def test_beta_draws_have_the_prior_moments_and_move_smoothly_with_it():
+    """A participant's consistency and click skill are Beta draws around the group's mean and SD: over many draws
+    the moments are the prior's, and one uniform is taken per draw, so a slightly wider prior moves each participant's
+    draw slightly (common random numbers for the crowd's calibration) and leaves every later draw as it was."""
+    from nucls_utils.crowd.participants import _beta_around
+
+    rng = np.random.default_rng(3)
+    x = np.array([_beta_around(0.75, 0.17, rng) for _ in range(20000)])
+    assert abs(x.mean() - 0.75) < 0.005 and abs(x.std() - 0.17) < 0.005
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    first = [_beta_around(0.75, 0.170, a), a.random()]
+    second = [_beta_around(0.75, 0.171, b), b.random()]
+    assert 0 < abs(first[0] - second[0]) < 0.01 and first[1] == second[1]

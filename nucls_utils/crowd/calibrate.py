@@ -173,10 +173,21 @@ def _from_unbounded(z: float, scale: str) -> float:
     return float(z)
 
 
-def parameters_of(model: CrowdModel) -> np.ndarray:
+def free_parameters(names: Sequence[str] | None = None) -> tuple[FreeParameter, ...]:
+    """The parameters of :data:`FREE` named in ``names`` (all of them when None), in :data:`FREE`'s order."""
+    if names is None:
+        return FREE
+    known = {f.name for f in FREE}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"unknown free parameter(s) {unknown}; known: {sorted(known)}")
+    return tuple(f for f in FREE if f.name in set(names))
+
+
+def parameters_of(model: CrowdModel, free: Sequence[FreeParameter] = FREE) -> np.ndarray:
     """The free parameters' unbounded values read off ``model`` (each from its first group, offsets removed)."""
     out = []
-    for f in FREE:
+    for f in free:
         v = (getattr(model.priors[f.groups[0]], f.field) if f.groups else getattr(model, f.field)) \
             - (f.offsets[0] if f.offsets else 0.0)
         if f.scale == "ratio":
@@ -189,16 +200,17 @@ def parameters_of(model: CrowdModel) -> np.ndarray:
     return np.array(out)
 
 
-def apply_parameters(theta: Sequence[float], base: CrowdModel | None = None) -> CrowdModel:
-    """``base`` (default: the current priors and ambiguity) with the free parameters set from their unbounded values
-    ``theta`` (order of :data:`FREE`)."""
-    if len(theta) != len(FREE):
-        raise ValueError(f"theta has {len(theta)} values; FREE has {len(FREE)} parameters")
+def apply_parameters(theta: Sequence[float], base: CrowdModel | None = None,
+                     free: Sequence[FreeParameter] = FREE) -> CrowdModel:
+    """``base`` (default: the current priors and ambiguity) with the free parameters ``free`` (default
+    :data:`FREE`) set from their unbounded values ``theta`` (same order)."""
+    if len(theta) != len(free):
+        raise ValueError(f"theta has {len(theta)} values; there are {len(free)} free parameters")
     base = base or CrowdModel(GROUP_PRIORS)
     out = dict(base.priors)
     world = {"ambiguity": base.ambiguity, "subtle_share": base.subtle_share, "decoys_per_fov": base.decoys_per_fov}
     ratios = []
-    for f, z in zip(FREE, theta, strict=True):
+    for f, z in zip(free, theta, strict=True):
         if f.scale == "ratio":  # after the NPs' own value is set
             ratios.append((f, _from_unbounded(float(z), "logit")))
             continue
@@ -349,9 +361,9 @@ _FIT: tuple | None = None  # (start model, inputs, roster seeds, study seeds, th
 def _evaluate(theta) -> tuple[dict, np.ndarray, float, float]:
     """One evaluation of the running fit (:data:`_FIT`): mean statistics over its seed pairs, residuals (targets,
     then the prior term), cost and seconds."""
-    start, inputs, roster_seeds, study_seeds, theta_start = _FIT
+    start, inputs, roster_seeds, study_seeds, theta_start, free = _FIT
     t0 = time.perf_counter()
-    runs = [simulate_statistics(apply_parameters(theta, start), inputs, roster_seed=rs, study_seed=ss)
+    runs = [simulate_statistics(apply_parameters(theta, start, free), inputs, roster_seed=rs, study_seed=ss)
             for rs, ss in zip(roster_seeds, study_seeds, strict=True)]
     stats = {k: float(np.nanmean([r[k] for r in runs])) for k in runs[0]}
     r = np.concatenate([residuals(stats), (np.asarray(theta) - theta_start) / PRIOR_SD])
@@ -360,20 +372,23 @@ def _evaluate(theta) -> tuple[dict, np.ndarray, float, float]:
 
 def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iterations: int = 5,
         step: float = 0.25, roster_seeds: Sequence[int] = (0, 1), study_seeds: Sequence[int] = (100, 101),
-        log: Callable[[str], object] | None = print, workers: int = 1) -> dict:
+        log: Callable[[str], object] | None = print, workers: int = 1,
+        free: Sequence[FreeParameter] = FREE) -> dict:
     """Levenberg-Marquardt on the free parameters (forward differences of ``step`` on the unbounded scale), each
     evaluation the mean statistics of the studies simulated with ``roster_seeds`` and ``study_seeds`` (the same
     seeds every time), the cost the targets' squared residuals plus the prior's (:data:`PRIOR_SD`).
 
     ``workers`` > 1 evaluates a Jacobian's columns in that many forked processes (same seeds, same result).
+    ``free`` (default :data:`FREE`) are the parameters that move; the others keep ``start``'s values.
 
     Returns ``{"theta", "model", "stats", "cost", "history"}`` of the best evaluation seen.
     """
     start = start or CrowdModel(GROUP_PRIORS)
 
-    theta_start = parameters_of(start)
+    free = tuple(free)
+    theta_start = parameters_of(start, free)
     global _FIT
-    _FIT = (start, inputs, tuple(roster_seeds), tuple(study_seeds), theta_start)
+    _FIT = (start, inputs, tuple(roster_seeds), tuple(study_seeds), theta_start, free)
     pool = None
     if workers > 1:
         import multiprocessing as mp
@@ -414,7 +429,7 @@ def fit(inputs: CalibrationInputs, *, start: CrowdModel | None = None, iteration
         if pool is not None:
             pool.terminate()
         _FIT = None
-    return {"theta": best["theta"].tolist(), "model": apply_parameters(best["theta"], start), "stats": best["stats"],
+    return {"theta": best["theta"].tolist(), "model": apply_parameters(best["theta"], start, free), "stats": best["stats"],
             "cost": best["cost"], "history": history}
 
 
@@ -451,23 +466,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile", default="cpu", choices=("smoke", "cpu", "paper"))
     ap.add_argument("--seed", type=int, default=CALIBRATION_SEED, help="the calibration world's cohort seed")
     ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--check-seeds", type=int, nargs="*", default=[11, 12, 13])
+    ap.add_argument("--check-seeds", type=int, nargs="*", default=list(range(11, 21)))
     ap.add_argument("--out", required=True, help="JSON file for the result")
     ap.add_argument("--workers", type=int, default=1, help="processes for a Jacobian's columns (same result)")
+    ap.add_argument("--free", nargs="*", default=None, metavar="NAME",
+                    help="fit only these parameters of FREE (default: all); the others keep the current priors")
+    ap.add_argument("--rosters", type=int, default=2,
+                    help="rosters (and study draws) each evaluation averages over (default 2)")
     args = ap.parse_args(argv)
+    free = free_parameters(args.free)
     if args.seed == 0:
         ap.error("--seed 0 is the study's default cohort: calibrate on a world of its own")
     t0 = time.perf_counter()
     inputs = calibration_inputs(args.profile, args.seed)
-    result = fit(inputs, iterations=args.iterations, workers=args.workers)
+    result = fit(inputs, iterations=args.iterations, workers=args.workers, free=free,
+                 roster_seeds=tuple(range(args.rosters)), study_seeds=tuple(100 + i for i in range(args.rosters)))
     table = check(result["model"], inputs, args.check_seeds)
     print(table.to_string(index=False))
     out = {"command": f"python -m nucls_utils.crowd.calibrate --profile {args.profile} --seed {args.seed} "
-                      f"--iterations {args.iterations}",
+                      f"--iterations {args.iterations}"
+                      + (f" --free {' '.join(f.name for f in free)}" if args.free is not None else "")
+                      + (f" --rosters {args.rosters}" if args.rosters != 2 else ""),
            "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - t0),
            "priors": {g: asdict(p) for g, p in result["model"].priors.items()},
            "world": {k: getattr(result["model"], k) for k in ("ambiguity", "subtle_share", "decoys_per_fov")},
-           "free": [f.name for f in FREE], "theta": result["theta"], "cost": result["cost"],
+           "free": [f.name for f in free], "theta": result["theta"], "cost": result["cost"],
            "fit_stats": result["stats"], "history": result["history"], "check": table.to_dict(orient="records")}
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     return 0
