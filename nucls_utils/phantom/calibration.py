@@ -17,10 +17,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["ClassBoxStats", "CLASS_BOX_STATS", "NUCLEI_PER_FOV", "FOV_RECT_SIDE_PX", "POLYLINE_SHARE",
            "HOSPITAL_SLIDE_COUNTS", "OVERLAP_THRESHOLDS", "NEIGHBOUR_OVERLAP_SHARE",
-           "class_proportions", "neighbour_overlap_share", "derive_calibration"]
+           "class_proportions", "neighbour_overlap_share", "drawn_box_spread", "derive_calibration"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,30 @@ def neighbour_overlap_share(ann, thresholds=OVERLAP_THRESHOLDS) -> dict[float, f
         highest.append(iou.max(axis=1) if len(g) > 1 else np.zeros(len(g)))
     best = np.concatenate(highest) if highest else np.zeros(0)
     return {float(t): round(float((best > t).mean()), 4) if best.size else float("nan") for t in thresholds}
+
+
+def drawn_box_spread(ann: pd.DataFrame, min_each: int = 500) -> pd.DataFrame:
+    """How much noisier hand-drawn boxes are than the boxes of approved boundaries, per raw class: the SD of log box
+    width and height of ``rectangle`` and ``polyline`` annotations (columns ``raw_class, type, width, height``), and
+    the extra SD of the rectangles, ``sqrt(max(var_rect - var_poly, 0))`` averaged over width and height, for classes
+    with at least ``min_each`` of both.
+
+    An independent check of the crowd's box jitter (a participant's box edges move by a relative SD ``j``, which adds
+    about ``j * sqrt(2)`` to the SD of a box's log width): if the boundaries' boxes were the true sizes, the extra SD
+    would be the drawn boxes' noise. Approved boundaries are the easier nuclei (clicked only when the suggestion was
+    right), so the extra SD also holds a selection effect and reads as an upper bound rather than a measurement."""
+    rows = []
+    for cls, g in ann[ann["type"].isin(["rectangle", "polyline"])].groupby("raw_class"):
+        by = {t: g[g["type"] == t] for t in ("rectangle", "polyline")}
+        if min(len(v) for v in by.values()) < min_each:
+            continue
+        sd = {(t, k): float(np.log(v[k].clip(lower=1)).std()) for t, v in by.items() for k in ("width", "height")}
+        extra = np.mean([np.sqrt(max(sd[("rectangle", k)] ** 2 - sd[("polyline", k)] ** 2, 0.0))
+                         for k in ("width", "height")])
+        rows.append({"raw_class": cls, "rectangles": len(by["rectangle"]), "polylines": len(by["polyline"]),
+                     "log_width_sd_rectangle": sd[("rectangle", "width")],
+                     "log_width_sd_polyline": sd[("polyline", "width")], "extra_log_sd": float(extra)})
+    return pd.DataFrame(rows).sort_values("rectangles", ascending=False).reset_index(drop=True)
 
 
 def derive_calibration(sqlite_path: str | os.PathLike[str]) -> dict:
