@@ -182,6 +182,9 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     pvr = pd.read_csv(out / "tables" / "nb03_paper_vs_run.csv").set_index("quantity")
     assert 0 < float(pvr.at["alpha x 100, Ps, main classes, IOU 0.25", "this_run"]) <= 100
     assert 0.5 < float(pvr.at["NP-label AUROC, micro (E, main classes)", "this_run"]) <= 1
+    # other rosters on the study's own FOVs, read back from what notebook 02 wrote
+    spread = pd.read_csv(out / "tables" / "nb03_roster_spread.csv").set_index("statistic")
+    assert spread.at["fig3b.np_auroc_micro", "rosters"] == 2 and 0.5 < spread.at["fig3b.np_auroc_micro", "mean"] <= 1
     fig3e = pd.read_csv(out / "tables" / "fig3e_np_redundancy.csv")
     assert set(fig3e["k"]) == set(range(2, 16)) and {"mcc", "auroc_micro", "det_f1"} <= set(fig3e["metric"])
     assert "EM inferences in" in _executed_stdout(out / "supplement" / "04_em_simulations.ipynb")

@@ -50,7 +50,8 @@ from .study import AMBIGUITY, DECOYS_PER_FOV, SUBTLE_SHARE, multi_rater_study
 
 __all__ = ["TARGETS", "HELD_OUT", "FREE", "PRIOR_SD", "FreeParameter", "CrowdModel", "CALIBRATION_SEED", "CalibrationInputs",
            "calibration_inputs", "apply_parameters", "parameters_of", "crowd_statistics", "simulate_statistics",
-           "tolerance", "residuals", "fit", "check", "role", "main"]
+           "tolerance", "residuals", "fit", "check", "role", "study_inputs", "roster_spread", "ROSTER_SPREAD_ROSTERS",
+           "main"]
 
 #: The calibration world's cohort seed (the refiner's fit cohort uses the same one; the study's default is 0).
 CALIBRATION_SEED = 101
@@ -270,6 +271,76 @@ def calibration_inputs(profile: str = "cpu", seed: int = CALIBRATION_SEED, *, ro
         refiner.refined[idx[r.name]], phantom.fov_region_map(cohort, r.name), phantom.REGION_NAMES)] for r in chosen}
     return CalibrationInputs(chosen, {r.name: list(boot[idx[r.name]]) for r in chosen},
                              {r.name: list(refiner.refined[idx[r.name]]) for r in chosen}, region, cohort)
+
+
+def study_inputs(cohort: str | Path, study_dir: str | Path) -> CalibrationInputs:
+    """The inputs of a study notebook 02 wrote (``study_dir``: its multi-rater FOVs, and the bootstrap and refined
+    suggestions shown on them, with the region-inherited class recomputed from the cohort's region maps), so that
+    other rosters can annotate the same FOVs (:func:`roster_spread`).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing file when ``study_dir`` is not a written study.
+    """
+    from .. import phantom, suggestions
+    from ..io import read_dataset
+
+    cohort, study_dir = Path(cohort), Path(study_dir)
+    fovs_csv = study_dir / "multirater" / "fovs.csv"
+    for need in (fovs_csv, study_dir / "suggestions" / "bootstrap", study_dir / "suggestions" / "refined"):
+        if not need.exists():
+            raise FileNotFoundError(f"{need}: not found; {study_dir} is not a study written by notebook 02")
+    names = pd.read_csv(fovs_csv)["fovname"].tolist()
+    truth = {r.name: r for r in read_dataset(cohort)}
+    missing = [n for n in names if n not in truth]
+    if missing:
+        raise FileNotFoundError(f"{fovs_csv}: FOV {missing[0]} is not in the cohort {cohort}")
+    shown = {k: {r.name: list(r.nuclei) for r in read_dataset(study_dir / "suggestions" / k)}
+             for k in ("bootstrap", "refined")}
+    region = {n: [x.raw_class for x in suggestions.region_inherited(
+        shown["refined"][n], phantom.fov_region_map(cohort, n), phantom.REGION_NAMES)] for n in names}
+    return CalibrationInputs([truth[n] for n in names], {n: shown["bootstrap"][n] for n in names},
+                             {n: shown["refined"][n] for n in names}, region, cohort)
+
+
+#: How many other rosters notebook 03 draws to show how much a statistic varies between rosters, per profile.
+ROSTER_SPREAD_ROSTERS = {"smoke": 2, "cpu": 10, "paper": 20}
+
+
+def roster_spread(inputs: CalibrationInputs, n_rosters: int, *, model: CrowdModel | None = None,
+                  first_seed: int = 1, progress: bool = True) -> pd.DataFrame:
+    """How much each calibration target and held-out statistic varies between rosters drawn from the same priors
+    (``model``, default the fitted ones) annotating the same FOVs: ``n_rosters`` roster/study seed pairs
+    (``first_seed``, ``first_seed + 1``, ...; the study's own roster is seed 0's draw). Per statistic: the paper's
+    value and tolerance, the mean, SD, 5th and 95th percentiles over rosters, the share of rosters within the
+    tolerance, and the paper value's rank among the rosters (its empirical percentile, 0-100).
+
+    A participant statistic of the paper comes from one roster (7 pathologists, 32 NPs), so the fair test of a
+    calibrated crowd is whether the paper's value is a plausible roster of it, not whether one run's roster lands
+    within a tolerance smaller than the rosters' own spread (the SD over 7 pathologists has a sampling SD of about a
+    quarter of itself)."""
+    from tqdm.auto import tqdm
+
+    model = model or CrowdModel(GROUP_PRIORS)
+    seeds = range(first_seed, first_seed + n_rosters)
+    runs = [simulate_statistics(model, inputs, roster_seed=s, study_seed=1000 + s)
+            for s in tqdm(seeds, desc="other rosters", disable=not progress)]
+    rows = []
+    for role_, keys in (("calibration target (fitted)", TARGETS), ("not fitted", HELD_OUT)):
+        for k in keys:
+            v = np.array([r[k] for r in runs], dtype=float)
+            v = v[np.isfinite(v)]
+            p, tol = float(paper.lookup(k)), tolerance(k)
+            rows.append({"statistic": k, "role": role_, "paper": p, "tolerance": round(tol, 3),
+                         "rosters": len(v), "mean": v.mean() if v.size else np.nan,
+                         "sd": v.std(ddof=1) if v.size > 1 else np.nan,
+                         "p5": np.percentile(v, 5) if v.size else np.nan,
+                         "p95": np.percentile(v, 95) if v.size else np.nan,
+                         "share_within": float(np.mean(np.abs(v - p) <= tol)) if v.size else np.nan,
+                         "paper_percentile": 100 * float(np.mean(v < p) + 0.5 * np.mean(v == p)) if v.size
+                         else np.nan})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
