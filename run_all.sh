@@ -146,6 +146,10 @@ bootstrap_env() {
 bootstrap_env
 if [[ "$SETUP_ONLY" == 1 ]]; then exit 0; fi
 PY="$VENV/bin/python"
+# The notebooks (and the helper commands below) import nucls_utils from this checkout, whichever checkout the
+# environment's editable install points to: NUCLS_VENV may be shared by several checkouts (e.g. a worktree of the
+# parent commit for a before/after comparison), and the environment is reinstalled only when its lock changes.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Notebooks

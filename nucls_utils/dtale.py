@@ -23,7 +23,7 @@ Decisions (the paper and the reference code leave them open; notes 2h):
 * **Hematoxylin intensity** = ``255 - Stains[..., 0]`` of HistomicsTK's deconvolution (Stains is an 8-bit
   "transmitted light" image of each stain, 255 = no stain), so higher = more hematoxylin, in [0, 255]. Integer
   valued, as ``compute_haralick_features`` casts to ``uint8``. If Macenko estimation fails or is not finite
-  (e.g. a blank FOV), HistomicsTK's reference H&E matrix (:data:`nucls_utils.stains.STAIN_MATRIX`) is used.
+  (e.g. a blank FOV), HistomicsTK's reference H&E matrix (:func:`nucls_utils.stains.stain_matrix`) is used.
 * **One ``compute_nuclei_features`` call per FOV** (the reference called it per nucleus). The label image is the
   instance map of the FOV's predicted masks, painted in increasing score, so where masks overlap the more
   confident nucleus is on top and every nucleus is described by what remains visible of it. Nuclei with fewer
@@ -57,6 +57,7 @@ from scipy import sparse
 from . import paper
 from . import taxonomy as tx
 from .config import MICRONS_PER_PIXEL
+from .evaluation import f1_from_counts, match_boxes, mcc_from_counts
 
 __all__ = [
     "FEATURE_GROUPS", "TABLE_S8_FEATURES", "PHYSICAL_UNITS", "MIN_PIXELS", "DEFAULT_PROPERTIES",
@@ -161,7 +162,7 @@ def hematoxylin_channel(rgb: np.ndarray, *, method: str = "macenko_pca") -> np.n
     """
     from histomicstk.preprocessing.color_deconvolution import color_deconvolution, color_deconvolution_routine
 
-    from .stains import STAIN_MATRIX
+    from .stains import stain_matrix
 
     rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
     stains = None
@@ -174,7 +175,7 @@ def hematoxylin_channel(rgb: np.ndarray, *, method: str = "macenko_pca") -> np.n
         except (ValueError, np.linalg.LinAlgError, FloatingPointError, ZeroDivisionError, IndexError):
             stains = None
         if stains is None:
-            stains = color_deconvolution(rgb, STAIN_MATRIX).Stains
+            stains = color_deconvolution(rgb, stain_matrix()).Stains
     return 255.0 - np.asarray(stains[..., 0], dtype=np.float64)
 
 
@@ -348,7 +349,6 @@ def extract_representations(model, samples: Sequence, *, threshold: float = 0.5,
     """
     from tqdm.auto import tqdm
 
-    from .evaluation import match_boxes
     from .model.inference import predict_fovs
 
     rows, feats, maps = [], [], {}
@@ -552,8 +552,6 @@ def node_statistics(tree, X, predicted_classes, *, classes: Sequence[str] | None
     DataFrame, one row per (internal node, class): ``node, depth, parent, feature, threshold, n_node, class,
     n_class, TP, FP, FN, TN, precision, recall, f1, mcc``.
     """
-    from .evaluation import mcc_from_counts
-
     P, rows = _membership(tree, X)
     y = np.asarray(predicted_classes, dtype=object).ravel()
     if len(y) != len(rows):
@@ -583,7 +581,7 @@ def node_statistics(tree, X, predicted_classes, *, classes: Sequence[str] | None
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(TP + FP > 0, TP / (TP + FP), np.nan)
         recall = np.where(TP + FN > 0, TP / (TP + FN), np.nan)
-        f1 = np.where(2 * TP + FP + FN > 0, 2 * TP / (2 * TP + FP + FN), np.nan)
+        f1 = f1_from_counts(TP, FP, FN, empty=np.nan)
     out = pd.DataFrame({
         "node": sel, "depth": depth[sel], "parent": parent[sel],
         "feature": [names[t.feature[i]] for i in sel], "threshold": t.threshold[sel],
@@ -1049,7 +1047,7 @@ def plot_step_by_step(tree, X, embedding: np.ndarray, node: int, predicted_class
         size = int(m.sum())
         prec = tp / size if size else np.nan
         rec = tp / n_pos if n_pos else np.nan
-        f1 = 2 * tp / (size + n_pos) if size + n_pos else np.nan
+        f1 = f1_from_counts(tp, size - tp, n_pos - tp, empty=np.nan)
         ax.scatter(emb[:, 0], emb[:, 1], s=s, c="0.9", lw=0, rasterized=True)
         ax.scatter(emb[m & ~is_c, 0], emb[m & ~is_c, 1], s=s, c="0.35", lw=0, rasterized=True)
         ax.scatter(emb[m & is_c, 0], emb[m & is_c, 1], s=s, c=color, lw=0, rasterized=True)

@@ -165,8 +165,13 @@ def calibration_comparison(annotations: pd.DataFrame, fovs: pd.DataFrame) -> pd.
 
     Returns ``quantity, class, real_core_set, this_dataset, difference``.
     """
-    from .phantom.calibration import (CLASS_BOX_STATS, NEIGHBOUR_OVERLAP_SHARE, NUCLEI_PER_FOV, class_proportions,
-                                      neighbour_overlap_share)
+    from .phantom.calibration import (
+        CLASS_BOX_STATS,
+        NEIGHBOUR_OVERLAP_SHARE,
+        NUCLEI_PER_FOV,
+        class_proportions,
+        neighbour_overlap_share,
+    )
 
     real_p = class_proportions()
     ann = annotations[annotations["type"] != "point"]

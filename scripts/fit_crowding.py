@@ -62,7 +62,7 @@ def main() -> None:
             coarse.append((cost(share), factor, step))
             print(f"coarse factor {factor:<5} step {step:<5} nuclei {n:6d} shares {share} cost {cost(share):.3f}",
                   flush=True)
-    for c, factor, step in [(None, 1.0, 0.0)] + sorted(coarse)[:4]:
+    for _c, factor, step in [(None, 1.0, 0.0)] + sorted(coarse)[:4]:
         share, n = crowding(factor, step, args.fine, args.seed)
         print(f"fine   factor {factor:<5} step {step:<5} nuclei {n:6d} shares {share} cost {cost(share):.3f}",
               flush=True)

@@ -52,7 +52,7 @@ def test_mcc_variants_match_sklearn():
     for _ in range(10):
         t = rng.choice(classes, 300)
         p = np.where(rng.random(300) < 0.6, t, rng.choice(classes, 300))
-        assert ev.multiclass_mcc(t, p) == pytest.approx(skm.matthews_corrcoef(t, p), abs=1e-12)
+        assert ev.mcc_multiclass(t, p) == pytest.approx(skm.matthews_corrcoef(t, p), abs=1e-12)
         table = ev.one_vs_rest_counts(t, p, classes)
         for c in classes:
             assert table.loc[c, "mcc"] == pytest.approx(skm.matthews_corrcoef(t == c, p == c), abs=1e-12)
@@ -62,7 +62,7 @@ def test_mcc_variants_match_sklearn():
         assert pooled[["tp", "fp", "tn", "fn"]].sum() == len(t) * len(classes)
         ravel_t = label_binarize(t, classes=classes).ravel()
         ravel_p = label_binarize(p, classes=classes).ravel()
-        assert ev.pooled_mcc(t, p, classes) == pytest.approx(
+        assert ev.mcc_pooled_ovr(t, p, classes) == pytest.approx(
             skm.matthews_corrcoef(ravel_t, ravel_p), abs=1e-12
         )
     assert ev.mcc_from_counts(5, 0, 0, 0) == 0.0  # empty row/column -> 0, as sklearn
@@ -311,7 +311,7 @@ def test_participant_classification_and_confusion():
     # NP.2: a0 tumor->stroma, a2 stroma->stroma, a3 sTIL->sTIL
     t, p = ["tumor", "stroma", "sTIL"], ["stroma", "stroma", "sTIL"]
     assert cls.loc["NP.2", "accuracy"] == pytest.approx(2 / 3)
-    assert cls.loc["NP.2", "mcc"] == pytest.approx(ev.pooled_mcc(t, p, ["sTIL", "stroma", "tumor"]))
+    assert cls.loc["NP.2", "mcc"] == pytest.approx(ev.mcc_pooled_ovr(t, p, ["sTIL", "stroma", "tumor"]))
     assert cls.loc["NP.2", "mcc_multiclass"] == pytest.approx(skm.matthews_corrcoef(t, p))
     assert cls.loc["NP.2", "mcc_tumor"] == 0.0
     conf = acc.participant_confusion(labels, truth, normalize=None)

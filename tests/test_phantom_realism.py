@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from nucls_utils.io.dataset import FovRecord, Nucleus
 from nucls_utils.phantom import realism
-from nucls_utils.stains import STAIN_MATRIX
+from nucls_utils.stains import stain_matrix
 
 FOV_NAME = "TCGA-A1-A0SP-DX1_id-5ea4095addda5f8398977ebc_left-{x}_top-0_bottom-240_right-{x2}"
 
@@ -36,7 +36,7 @@ def _disk(shape: tuple[int, int], cy: int, cx: int, r: int) -> np.ndarray:
 
 def _he_image(h: np.ndarray, e: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Beer-Lambert H&E: optical density = h * hematoxylin vector + e * eosin vector, a little noise."""
-    od = h[..., None] * STAIN_MATRIX[:, 0] + e[..., None] * STAIN_MATRIX[:, 1]
+    od = h[..., None] * stain_matrix()[:, 0] + e[..., None] * stain_matrix()[:, 1]
     rgb = 255 * 10 ** (-od) + rng.normal(0, 2, od.shape)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 

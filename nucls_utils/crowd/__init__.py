@@ -8,13 +8,12 @@ from .study import (
     CorrectionPolicy,
     annotate_fov,
     apparent_classes,
-    clicked_share,
     correct_annotations,
     multi_rater_study,
     single_rater_study,
 )
 
 __all__ = ["AMBIGUITY", "EVALSETS", "GROUP_PRIORS", "CorrectionPolicy", "GroupPrior", "Participant", "annotate_fov",
-           "apparent_classes", "clicked_share",
+           "apparent_classes",
            "correct_annotations", "make_roster", "multi_rater_study", "roster_frame", "single_rater_study",
            "write_annotation_study"]

@@ -35,12 +35,18 @@ import pandas as pd
 from .. import taxonomy as tx
 from ..evaluation import match_boxes
 from ..io.dataset import FovRecord, Nucleus
-from .participants import (CLASS_INDEX, CLASSES, CONFUSABLE_PAIRS, PATHOLOGIST_SENSITIVITY, Participant,
-                           adoption_probability)
+from .participants import (
+    CLASS_INDEX,
+    CLASSES,
+    CONFUSABLE_PAIRS,
+    PATHOLOGIST_SENSITIVITY,
+    Participant,
+    adoption_probability,
+)
 
 __all__ = ["annotate_fov", "apparent_classes", "fov_looks", "FovLooks", "AMBIGUITY", "SUBTLE_SHARE", "DECOYS_PER_FOV",
            "CorrectionPolicy", "correct_annotations", "single_rater_study", "multi_rater_study",
-           "EVALSETS", "clicked_share"]
+           "EVALSETS"]
 
 EVALSETS = ("U-control", "B-control", "E")
 
@@ -347,16 +353,3 @@ def multi_rater_study(records: Sequence[FovRecord], roster: Sequence[Participant
                                                                opinion=opinion, region_classes=second, looks=looks)
     return out
 
-
-def clicked_share(annotations: Mapping[tuple[str, str, str], Sequence[Nucleus]], evalset: str) -> pd.DataFrame:
-    """Per participant of a multi-rater set: annotations, clicked boundaries (polylines) and their share (percent)."""
-    rows: dict[str, list[int]] = {}
-    for (s, participant, _), nuclei in annotations.items():
-        if s != evalset:
-            continue
-        n, c = rows.get(participant, [0, 0])
-        rows[participant] = [n + len(nuclei), c + sum(x.is_polygon for x in nuclei)]
-    out = pd.DataFrame([(p, tx.participant_group(p), n, c) for p, (n, c) in sorted(rows.items())],
-                       columns=["participant", "group", "annotations", "clicked"])
-    out["clicked_percent"] = 100 * out["clicked"] / out["annotations"].clip(lower=1)
-    return out

@@ -26,7 +26,7 @@ from nucls_utils.evaluation import (
     DetectionCounts,
     average_precision,
     confusion_frame,
-    multiclass_mcc,
+    mcc_multiclass,
     one_vs_rest_counts,
     precision_recall_curve,
     roc_auc_micro_macro,
@@ -148,7 +148,7 @@ def participant_classification(
             table = one_vs_rest_counts(t, pr, classes)
             row["accuracy"] = float(np.mean(t == pr))
             row["mcc"] = float(table.loc["overall", "mcc"])
-            row["mcc_multiclass"] = multiclass_mcc(t, pr)
+            row["mcc_multiclass"] = mcc_multiclass(t, pr)
             if per_class:
                 row.update({f"mcc_{c}": float(table.loc[c, "mcc"]) for c in classes})
         else:

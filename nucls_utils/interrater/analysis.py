@@ -39,7 +39,14 @@ from tqdm.auto import tqdm
 
 from .. import paper
 from .. import taxonomy as tx
-from ..evaluation import bootstrap_ci, box_iou, match_boxes, roc_auc_micro_macro
+from ..evaluation import (
+    bootstrap_ci,
+    box_iou,
+    dice_from_areas,
+    f1_from_counts,
+    match_boxes,
+    roc_auc_micro_macro,
+)
 from ..io.atomic import atomic_path
 from ..io.masks import nucleus_pixels
 from ..io.multirater import multirater_frame, read_multirater
@@ -859,8 +866,7 @@ def _dice(n1, n2) -> float:
     r1, c1 = nucleus_pixels(n1, shape)
     r2, c2 = nucleus_pixels(n2, shape)
     a, b = r1 * shape[1] + c1, r2 * shape[1] + c2
-    den = len(a) + len(b)
-    return 2.0 * len(np.intersect1d(a, b)) / den if den else np.nan
+    return float(dice_from_areas(len(np.intersect1d(a, b)), len(a) + len(b)))
 
 
 def boundary_table(tt: TruthTables, study: MultiraterStudy, records: Sequence | None = None,
@@ -1211,7 +1217,7 @@ def truth_vs_generator(tt: TruthTables, levels: Sequence[str] = ("raw", "main", 
                     fn = int((g_real & ~p_real).sum())
                     both = g_real & p_real
                     vals = {"label_accuracy": (len(items), float((p == g).mean())),
-                            "detection_f1": (len(items), 2 * tp / max(2 * tp + fp + fn, 1)),
+                            "detection_f1": (len(items), f1_from_counts(tp, fp, fn)),
                             "class_accuracy": (int(both.sum()), float((p[both] == g[both]).mean()) if both.any()
                                                else np.nan)}
                     for metric, (n, v) in vals.items():

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from nucls_utils.evaluation import mcc_from_counts, roc_auc_micro_macro
+from nucls_utils.evaluation import f1_from_counts, mcc_from_counts, roc_auc_micro_macro
 from nucls_utils.interrater.agreement import NOT_ANNOTATED, UNDETECTED
 
 __all__ = ["encode_labels", "restrict_to_dense_fovs", "draw_np_subsets", "simulate_redundancy"]
@@ -220,8 +220,7 @@ def simulate_redundancy(
         tp = (detected & real).sum(axis=1)
         fn = (~detected & real).sum(axis=1)
         fp = (detected & ~real).sum(axis=1)
-        den = 2 * tp + fp + fn
-        f1 = np.divide(2 * tp, den, out=np.zeros(len(tp)), where=den > 0)
+        f1 = f1_from_counts(tp, fp, fn)
         # pooled one-vs-rest over the classified real anchors: sum TP = correct, sum FP = sum FN = wrong,
         # sum TN = n_cls * n - correct - 2 * wrong
         det_real = detected[:, real]

@@ -44,7 +44,7 @@ def _alive(pid: int) -> bool:
 def clean_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporaries of ``target`` (files or folders) whose writing process is gone; return them."""
     target = Path(target)
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for p in target.parent.iterdir():

@@ -39,6 +39,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -335,19 +336,19 @@ def _duplicate_error(n: Nucleus, first: int, *, path: Path | str, row: int) -> N
         f"{n.box} and the same boundary); an exact duplicate would be counted twice", path=path, row=row)
 
 
-def _rect_ints(rect: object) -> tuple[int, int, int, int] | None:
+def _rect_ints(rect: Any) -> tuple[int, int, int, int] | None:
     """A rectangle's four integer corners, or None when it is not four integer values."""
     try:
-        vals = tuple(int(v) for v in rect)  # type: ignore[attr-defined]
+        vals = tuple(int(v) for v in rect)
         if len(vals) != 4 or any(isinstance(v, bool) or float(v) != i for v, i in zip(rect, vals, strict=True)):
             return None
     except (TypeError, ValueError, OverflowError):
         return None
-    return vals  # type: ignore[return-value]
+    return (vals[0], vals[1], vals[2], vals[3])
 
 
 def _check_fov_rect(rect: tuple[int, int, int, int], image_shape: tuple[int, int] | None, tolerance_px: int, *,
-                    name: str, path: str | os.PathLike[str], row: int | None) -> None:
+                    name: str, path: str | os.PathLike[str] | None, row: int | None) -> None:
     """A FOV rectangle must be non-empty and (with ``image_shape``) lie inside the image within ``tolerance_px``."""
     x0, y0, x1, y1 = rect
     for fld, lo, hi, lo_name in (("xmax", x0, x1, "xmin"), ("ymax", y0, y1, "ymin")):
@@ -364,7 +365,7 @@ def _check_fov_rect(rect: tuple[int, int, int, int], image_shape: tuple[int, int
                                    f"({fld}={val})", path=path, row=row, field=fld)
 
 
-def _check_nucleus(n: Nucleus, *, path: Path, row: int, image_shape: tuple[int, int] | None,
+def _check_nucleus(n: Nucleus, *, path: str | os.PathLike[str], row: int, image_shape: tuple[int, int] | None,
                    tolerance_px: int) -> None:
     """Validate one nucleus; raise NuclsFormatError naming the field."""
     try:
@@ -445,10 +446,10 @@ def read_fov_csv(path: str | os.PathLike[str], *, image_shape: tuple[int, int] |
         if len(values) != len(header):
             raise NuclsFormatError(f"has {len(values)} fields but the header has {len(header)}", path=path, row=row)
         get = {c: values[i] for c, i in idx.items()}
-        box = [_parse_int(get[c], path=path, row=row, fld=c) for c in _INT_FIELDS]
+        xmin, ymin, xmax, ymax = (_parse_int(get[c], path=path, row=row, fld=c) for c in _INT_FIELDS)
         n = Nucleus(
             get["raw_classification"].strip(), get["main_classification"].strip(),
-            get["super_classification"].strip(), get["type"].strip(), *box,
+            get["super_classification"].strip(), get["type"].strip(), xmin, ymin, xmax, ymax,
             _parse_coords(get["coords_x"], path=path, row=row, fld="coords_x"),
             _parse_coords(get["coords_y"], path=path, row=row, fld="coords_y"),
         )
@@ -672,8 +673,10 @@ def write_fov_files(root: Path, record: FovRecord, image: np.ndarray | None = No
 
     if image is not None:
         Image.fromarray(np.asarray(image)).save(root / "rgb" / f"{record.name}.png")
-    else:
+    elif record.rgb_path is not None:
         shutil.copyfile(record.rgb_path, root / "rgb" / f"{record.name}.png")
+    else:
+        raise ValueError(f"FOV {record.name}: no image given and the record has no rgb_path to copy")
     (root / "csv" / f"{record.name}.csv").write_text(_csv_text(record.nuclei), encoding="utf-8")
     if masks:
         inst = rasterize_instances(record.nuclei, record.image_shape)

@@ -96,6 +96,7 @@ def read_multirater(root: str | os.PathLike[str], *, tolerance_px: int = 1
         except NuclsFormatError as e:
             raise NuclsFormatError(e.message, path=path) from None
         base = format_fov_name(FovName(f.slide, f.item_id, f.left, f.top, f.bottom, f.right))
+        assert f.evalset is not None and f.participant is not None  # a name with '#' always has both
         key = (f.evalset, f.participant, base)
         if key in out:
             raise NuclsFormatError(f"duplicate annotations of {key} (also in {paths[key]})", path=path)

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from .. import taxonomy as tx
 
 __all__ = ["ModelConfig", "MODEL_CONFIGS", "build_model", "NucleusMaskRCNN", "NucleusRoIHeads",
-           "ScaleFactorTransform", "model_class_names"]
+           "ScaleFactorTransform", "model_class_names", "build_refiner_network", "class_agnostic_nms",
+           "library_versions"]
 
 
 #: Key of the classifier's own feature map in the backbone's output (``classifier_features='layer2'``).
@@ -618,3 +619,56 @@ def load_detection_layers(model: NucleusMaskRCNN, token: str, *, classifier: boo
             take.update({k: state[k] for k in mine})
     model.load_state_dict(take, strict=False)
     return len(take)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The suggestion refiner's network (notebook 02, :mod:`nucls_utils.suggestions.refine`): torchvision's detection
+# classes are used here, in ``model/``, and nowhere else in the package.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_refiner_network(num_classes: int, channels: int = 64, weights: str | None = None) -> nn.Module:
+    """The refiner's slim Mask R-CNN (see :func:`nucls_utils.suggestions.refine.build_refiner`, which seeds it).
+
+    ResNet-18 with trainable batch norm up to ``layer3``, an FPN of ``channels`` channels on strides 4-16 plus a
+    pooled level, anchors 12-96 px, box and mask heads of the same width; images are never resized.
+    ``weights``: the ResNet-18's start (:func:`resnet18_start`; None: random). Initial weights come from torch's
+    global generator.
+    """
+    from torchvision.models import resnet18
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    body = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
+    if weights:
+        state, source = resnet18_start(weights, warn=False)
+        if state is None:
+            raise RuntimeError(f"the refiner was asked to start from {weights!r} weights, but the start is {source}; "
+                               "start from the synthetic-pretrained trunk instead")
+        body.load_state_dict(state, strict=True)
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2"}, [64, 128, 256], channels)
+    anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    return MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, min_size=128, max_size=4096,
+                    box_head=TwoMLPHead(channels * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
+                    mask_head=MaskRCNNHeads(channels, (channels,) * 4, 1),
+                    mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+                    box_detections_per_img=300, box_score_thresh=0.0, rpn_pre_nms_top_n_train=600,
+                    rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
+                    box_batch_size_per_image=64, rpn_batch_size_per_image=128)
+
+
+def class_agnostic_nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
+    """Indices of the boxes kept by non-maximum suppression at ``iou`` over all classes, by decreasing score."""
+    from torchvision.ops import nms
+
+    return nms(boxes, scores, iou)
+
+
+def library_versions() -> dict[str, str]:
+    """The torch and torchvision versions (as the libraries report them), for cache keys of trained models."""
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__}

@@ -213,10 +213,10 @@ def fold_auroc(y: np.ndarray, score: np.ndarray, folds: Sequence[np.ndarray]) ->
     together (a generator-2.4 candidate, one patch-CNN training: 0.864 pooled, 0.998 as the mean of its five
     folds). The mean over folds measures only what each model tells apart.
     """
-    from sklearn.metrics import roc_auc_score
+    from ..evaluation import roc_auc
 
     y, score = np.asarray(y, dtype=int), np.asarray(score, dtype=float)
-    per = [roc_auc_score(y[t], score[t]) for t in folds if len(np.unique(y[t])) == 2]
+    per = [roc_auc(y[t], score[t]) for t in folds if len(np.unique(y[t])) == 2]
     if not per:
         raise ValueError("no fold holds both classes")
     return float(np.mean(per))
@@ -392,9 +392,9 @@ def image_statistics(records: Sequence[FovRecord]) -> pd.DataFrame:
     of the grey image, 0-255 scale), ``background_fraction`` (pixels brighter than 215 in every channel: glass,
     lumens, clefts), ``nuclear_fraction`` (pixels of hematoxylin optical density above 0.45) and
     ``eosin_fraction`` (the other stained pixels: cytoplasm and matrix)."""
-    from ..stains import STAIN_MATRIX, stain_densities
+    from ..stains import stain_densities, stain_matrix
 
-    unmix = np.linalg.pinv(STAIN_MATRIX[:, :2])  # (2, 3): optical density -> hematoxylin, eosin
+    unmix = np.linalg.pinv(stain_matrix()[:, :2])  # (2, 3): optical density -> hematoxylin, eosin
     rows = []
     for r in records:
         rgb = r.read_rgb()

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import matthews_corrcoef
 
 from .. import paper
 from .. import taxonomy as tx
-from ..evaluation import DetectionCounts, detection_counts, match_boxes
+from ..evaluation import DetectionCounts, detection_counts, match_boxes, mcc_multiclass
 from ..io.dataset import Nucleus
 
 __all__ = ["SUPER_GROUPS", "NO_CLASS", "NO_PAIRS", "carries_classes", "suggestion_table", "per_fov_scores",
@@ -78,10 +77,10 @@ def suggestion_table(truth: Sequence[Sequence[Nucleus]], suggestion_sets: dict[s
                "recall_sTIL": np.nan, "classification_note": note}
         if not note:
             row["accuracy"] = 100 * float((t == p).mean())
-            row["MCC"] = 100 * float(matthews_corrcoef(t, p)) if len(set(t)) > 1 else np.nan
+            row["MCC"] = 100 * mcc_multiclass(t, p) if len(set(t)) > 1 else np.nan
             for g in SUPER_GROUPS:
                 yt, yp = t == g, p == g
-                row[f"MCC_{g}"] = 100 * float(matthews_corrcoef(yt, yp)) if yt.any() and (~yt).any() else np.nan
+                row[f"MCC_{g}"] = 100 * mcc_multiclass(yt, yp) if yt.any() and (~yt).any() else np.nan
             row["recall_sTIL"] = 100 * float((p[t == "sTIL"] == "sTIL").mean()) if (t == "sTIL").any() else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -151,10 +150,11 @@ def stratified_fov_sample(features: pd.DataFrame, n: int, rng: np.random.Generat
     return features.loc[chosen].assign(stratum=strata)
 
 
-def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None,
-                 clicked_e: pd.Series | None = None) -> pd.DataFrame:
+def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None) -> pd.DataFrame:
     """Notebook 02's "paper vs this run" table: Table S2's headline cells, against the first reference in ``s2``
-    (the output of :func:`suggestion_table` with a ``reference`` column), and the clicked-boundary shares.
+    (the output of :func:`suggestion_table` with a ``reference`` column), and the single-rater clicked-boundary share.
+    (The E set's clicked share per participant, Fig 4b, is notebook 03's, measured on the inferred anchors:
+    :func:`nucls_utils.interrater.analysis.clicked_share_table`.)
 
     Parameters
     ----------
@@ -162,8 +162,6 @@ def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None
         Table S2 rows (``suggestions``, ``reference``, ``F1``, ``MCC``, ``recall_sTIL``); the first reference is used.
     singlerater_types : Series, optional
         Annotation type (``polyline`` / ``rectangle``) of every uncorrected single-rater annotation.
-    clicked_e : Series, optional
-        Per participant of the E set, the percent of suggestions whose boundary was clicked.
 
     Returns ``quantity, paper, this_run, note, role, source, paper_key`` (paper values from
     :mod:`nucls_utils.paper`; ``role``: whether the simulated crowd was fitted to the row).
@@ -181,9 +179,6 @@ def paper_vs_run(s2: pd.DataFrame, *, singlerater_types: pd.Series | None = None
     if singlerater_types is not None:
         rows.append(("dataset.clicked_share_singlerater", "clicked boundaries, single-rater, %",
                      100 * float((singlerater_types == "polyline").mean())))
-    if clicked_e is not None:
-        rows += [("fig4b.clicked_e", "clicked boundaries per participant, E, mean %", float(clicked_e.mean())),
-                 ("fig4b.clicked_e:sd", "clicked boundaries per participant, E, SD %", float(clicked_e.std()))]
     rows += [(ref, q, float(first.at[name, col])) for ref, q, name, col in refs if name in first.index]
     from ..crowd.calibrate import role
 

@@ -112,35 +112,9 @@ def build_refiner(num_classes: int = len(SUGGESTION_CLASSES) + 1, channels: int 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_refiner(num_classes, channels, weights=weights)
-    from torchvision.models import resnet18
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from ..model.architecture import build_refiner_network
 
-    body = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
-    if weights:
-        body.load_state_dict(_trunk_state(weights), strict=True)
-    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2"}, [64, 128, 256], channels)
-    anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
-    return MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, min_size=128, max_size=4096,
-                    box_head=TwoMLPHead(channels * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
-                    mask_head=MaskRCNNHeads(channels, (channels,) * 4, 1),
-                    mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
-                    box_detections_per_img=300, box_score_thresh=0.0, rpn_pre_nms_top_n_train=600,
-                    rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
-                    box_batch_size_per_image=64, rpn_batch_size_per_image=128)
-
-
-def _trunk_state(weights: str) -> dict:
-    from ..model.architecture import resnet18_start
-
-    state, source = resnet18_start(weights, warn=False)
-    if state is None:
-        raise RuntimeError(f"the refiner was asked to start from {weights!r} weights, but the start is {source}; "
-                           "start from the synthetic-pretrained trunk instead")
-    return state
+    return build_refiner_network(num_classes, channels, weights)
 
 
 def _class_label(name: str, classes: Sequence[str] = SUGGESTION_CLASSES) -> int:
@@ -346,7 +320,7 @@ def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5, nms_iou: fl
     ``nms_iou`` keeps the more confident. Overlapping masks are resolved in favour of the more confident detection,
     and a detection left with less than ``min_visible`` of its mask is dropped rather than kept as a fragment.
     """
-    from torchvision.ops import nms
+    from ..model.architecture import class_agnostic_nms
 
     model.eval()
     h, w = rgb.shape[:2]
@@ -362,7 +336,7 @@ def refine_fov(model, rgb: np.ndarray, score_threshold: float = 0.5, nms_iou: fl
         if heads is not None:
             heads.score_thresh = saved
     keep = torch.nonzero(out["scores"] >= score_threshold).flatten()
-    keep = keep[nms(out["boxes"][keep], out["scores"][keep], nms_iou)]
+    keep = keep[class_agnostic_nms(out["boxes"][keep], out["scores"][keep], nms_iou)]
     scores = out["scores"][keep].numpy()
     labels = out["labels"][keep].numpy()
     masks = (out["masks"][keep, 0] > 0.5).numpy()

@@ -88,10 +88,9 @@ def training_fingerprint(names: Sequence[str], images: Sequence[np.ndarray],
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import torchvision
+    from ..model.architecture import library_versions
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    return library_versions()
 
 
 def refiner_key(config: RefinerConfig, seed: int, fingerprint: str) -> str:
