@@ -11,9 +11,11 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+
+from . import profiles
 
 __all__ = ["REPO_ROOT", "MICRONS_PER_PIXEL", "Profile", "PROFILES", "get_profile", "DataSource", "resolve_data",
            "synthetic_dir", "find_real_sample", "SHARED_DATA",
@@ -26,27 +28,24 @@ MICRONS_PER_PIXEL = 0.2
 
 @dataclass(frozen=True)
 class Profile:
-    """A compute budget. Later stages add their own knobs here (cohort size, training schedule)."""
+    """A compute budget: its name, what it is for, and the notebooks' numbers (``settings``). Every stage's settings
+    are declared in :mod:`nucls_utils.profiles`."""
 
     name: str
     description: str
-    expects_gpu: bool = False
-    extra: dict = field(default_factory=dict)
+    expects_gpu: bool
+    settings: profiles.StudySettings
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", "tiny cohort and few iterations: the whole run in minutes; used by tests and CI"),
-    "cpu": Profile("cpu", "sized for a 2-core CPU: run_all well under an hour, every effect of the paper visible"),
-    "paper": Profile("paper", "the paper's hyperparameters (Table S7); meant for a GPU", expects_gpu=True),
+    p: Profile(p, profiles.DESCRIPTIONS[p], p in profiles.EXPECTS_GPU, profiles.settings(p))
+    for p in profiles.PROFILE_NAMES
 }
 
 
 def get_profile(name: str) -> Profile:
     """The :class:`Profile` called ``name``."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+    return PROFILES[profiles.check_profile(name)]
 
 
 @dataclass(frozen=True)
@@ -160,6 +159,11 @@ class RunContext:
     device: str
     commit: str
     versions: dict
+
+    @property
+    def settings(self) -> profiles.StudySettings:
+        """The profile's notebook numbers (:class:`nucls_utils.profiles.StudySettings`)."""
+        return self.profile.settings
 
     def manifest(self) -> dict:
         d = asdict(self)

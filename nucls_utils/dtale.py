@@ -788,16 +788,19 @@ def missing_rule_notes(table: pd.DataFrame, predicted, classes: Iterable[str], *
 
 
 def tree_settings(profile: str, n_nuclei: int, max_depth: int = 0, min_samples_leaf: int = 0) -> tuple[int, int]:
-    """The tree's ``(max_depth, min_samples_leaf)``: the values given, or (0) the defaults: the paper's depth; its
-    minimum leaf in the paper profile, else about 0.5 % of the explained nuclei (at least 5), since the smaller
-    profiles explain far fewer nuclei than the paper's minimum leaf would allow."""
+    """The tree's ``(max_depth, min_samples_leaf)``: the values given, or (0) the defaults: the paper's depth; the
+    paper's minimum leaf where the profile says so, else the profile's share of the explained nuclei (at least its
+    floor; ``tree_min_leaf_share``, ``tree_min_leaf_floor`` of :class:`nucls_utils.profiles.StudySettings`)."""
+    from .profiles import settings
+
+    s = settings(profile)
     depth = int(max_depth) or int(paper.value("fig7.tree_max_depth"))
     if min_samples_leaf:
         leaf = int(min_samples_leaf)
-    elif profile == "paper":
+    elif s.tree_min_leaf_share is None:
         leaf = int(paper.value("fig7.tree_min_samples_leaf"))
     else:
-        leaf = max(5, int(round(0.005 * n_nuclei)))
+        leaf = max(s.tree_min_leaf_floor, int(round(s.tree_min_leaf_share * n_nuclei)))
     return depth, leaf
 
 

@@ -45,12 +45,13 @@ import pandas as pd
 
 from .. import paper
 from ..io.dataset import FovRecord, Nucleus
+from ..profiles import settings
 from .participants import GROUP_PRIORS, GroupPrior, make_roster, roster_frame
 from .study import AMBIGUITY, DECOYS_PER_FOV, SUBTLE_SHARE, multi_rater_study
 
 __all__ = ["TARGETS", "HELD_OUT", "FREE", "PRIOR_SD", "FreeParameter", "CrowdModel", "CALIBRATION_SEED", "CalibrationInputs",
            "calibration_inputs", "apply_parameters", "parameters_of", "crowd_statistics", "simulate_statistics",
-           "tolerance", "residuals", "fit", "check", "role", "study_inputs", "roster_spread", "ROSTER_SPREAD_ROSTERS",
+           "tolerance", "residuals", "fit", "check", "role", "study_inputs", "roster_spread",
            "main"]
 
 #: The calibration world's cohort seed (the refiner's fit cohort uses the same one; the study's default is 0).
@@ -263,7 +264,7 @@ def calibration_inputs(profile: str = "cpu", seed: int = CALIBRATION_SEED, *, ro
                                          cache_dir=root / "refiner")
     rng = np.random.default_rng(seed)
     feats = suggestions.fov_sampling_features(refiner.refined, refiner.confidences, boot)
-    n = n_fovs or {"smoke": 4, "cpu": 24, "paper": 54}[profile]
+    n = n_fovs or settings(profile).multirater_fovs
     sample = suggestions.stratified_fov_sample(feats, n, rng)
     chosen = [records[i] for i in sample.index]
     idx = {r.name: i for i, r in enumerate(records)}
@@ -304,8 +305,6 @@ def study_inputs(cohort: str | Path, study_dir: str | Path) -> CalibrationInputs
                              {n: shown["refined"][n] for n in names}, region, cohort)
 
 
-#: How many other rosters notebook 03 draws to show how much a statistic varies between rosters, per profile.
-ROSTER_SPREAD_ROSTERS = {"smoke": 2, "cpu": 10, "paper": 20}
 
 
 def roster_spread(inputs: CalibrationInputs, n_rosters: int, *, model: CrowdModel | None = None,

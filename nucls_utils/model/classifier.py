@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from .. import taxonomy as tx
 from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
+from ..profiles import stage_settings
 from .architecture import json_fields
 from .data import model_classes, samples_fingerprint, stain_augment
 from .detections import Detections
@@ -85,13 +86,9 @@ class ClassifierConfig:
         return asdict(self)
 
 
-#: Classifier settings of each compute profile (smoke: a few updates; cpu: about a minute on 2 CPU cores).
+#: Classifier settings of each compute profile (settings in :data:`nucls_utils.profiles.STAGES`).
 CLASSIFIER_PROFILES: dict[str, ClassifierConfig] = {
-    "smoke": ClassifierConfig(arch="compact", size=64, channels=(8, 16, 24, 32), iterations=3, batch_size=8,
-                              lr=3e-3),
-    "cpu": ClassifierConfig(arch="compact", size=64, channels=(32, 64, 128, 128), iterations=300, batch_size=48,
-                            lr=4e-3),
-    "paper": ClassifierConfig(),
+    p: ClassifierConfig(**kw) for p, kw in stage_settings("classifier").items()
 }
 
 

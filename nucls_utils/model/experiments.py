@@ -26,7 +26,7 @@ from .detections import Detections
 from .train import TrainConfig, profile_configs
 
 __all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment", "run_plan",
-           "PLAN_PARALLELISM", "plan_parallelism", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
+           "plan_parallelism", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
 
 #: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
 EXPERIMENT_MANIFEST = "experiment_manifest.json"
@@ -272,18 +272,15 @@ def run_experiment(exp: Experiment, data: ExperimentData, out_root: str | Path, 
     return {**summary, "reused": False}
 
 
-#: How a profile runs its plan: ``(worker processes, torch threads per experiment)``. Every experiment runs with
-#: the same thread count whatever the number of workers, so its numbers do not depend on the parallelism (torch's
-#: float results depend on the thread count). cpu: two one-thread workers keep both cores busy through the
-#: single-threaded parts of a training step (data augmentation, ROI sampling, box decoding); paper: one process,
-#: torch's default threads (a GPU does the work).
-PLAN_PARALLELISM: dict[str, tuple[int, int | None]] = {"smoke": (1, 1), "cpu": (2, 1), "paper": (1, None)}
-
-
 def plan_parallelism(profile: str, device: str | None = None) -> tuple[int, int | None]:
-    """``(workers, threads)`` of :data:`PLAN_PARALLELISM` for ``profile``; one worker on a GPU, which it fills."""
-    workers, threads = PLAN_PARALLELISM.get(profile, (1, None))
-    return (1 if device == "cuda" else workers), threads
+    """``(workers, threads)`` of a profile's plan (``plan_workers``, ``plan_threads`` of
+    :class:`nucls_utils.profiles.StudySettings`: every experiment runs with the same thread count whatever the
+    number of workers, so its numbers do not depend on the parallelism, since torch's float results depend on the
+    thread count); one worker on a GPU, which it fills."""
+    from ..profiles import settings
+
+    s = settings(profile)
+    return (1 if device == "cuda" else s.plan_workers), s.plan_threads
 
 
 def _run_with_threads(threads: int | None, exp: Experiment, data: ExperimentData, out_root, kwargs: dict) -> dict:

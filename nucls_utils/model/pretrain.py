@@ -52,6 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
+from ..profiles import stage_settings
 
 __all__ = ["PretrainConfig", "PRETRAIN_PROFILES", "PRETRAIN_COHORT_SEED", "PRETRAIN_VERSION", "TOKEN_PREFIX",
            "pretrain_key", "pretrained_dir", "weights_token", "weights_path", "detector_path", "pretrain_detector",
@@ -95,16 +96,9 @@ class PretrainConfig:
         return replace(self, **changes)
 
 
-#: Pretraining schedules of each compute profile (the paper profile starts from ImageNet when it can load it).
-PRETRAIN_PROFILES: dict[str, PretrainConfig] = {
-    "smoke": PretrainConfig(cohort_profile="smoke", iterations=3, batch_size=2, crop=64, detector_iterations=2,
-                            detector_model="smoke"),
-    # the detector: fold 1 (validation) of the cpu study, config 3: 600 updates took AP@.5 44.1 -> 51.0 and super MCC
-    # 50.2 -> 59.7 (same 300 + 360 study updates); 1500, with the study's 200 + 360 at peak lr 0.005, 57.1 / 65.7
-    # (README, "Pretrained detector"; fitted choices). About 10 minutes once per clone on 2 cores
-    "cpu": PretrainConfig(detector_iterations=1500, detector_model="cpu", detector_lr=0.02),
-    "paper": PretrainConfig(),
-}
+#: Pretraining schedules of each compute profile (settings in :data:`nucls_utils.profiles.STAGES`; the paper profile
+#: starts from ImageNet when it can load it).
+PRETRAIN_PROFILES: dict[str, PretrainConfig] = {p: PretrainConfig(**kw) for p, kw in stage_settings("pretrain").items()}
 
 
 def pretrain_key(config: PretrainConfig, seed: int = PRETRAIN_COHORT_SEED) -> str:

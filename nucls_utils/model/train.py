@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
+from ..profiles import stage_settings
 from .architecture import ModelConfig, NucleusMaskRCNN, build_model
 
 __all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
@@ -69,42 +70,10 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-#: Training schedules of each compute profile.
-TRAIN_PROFILES: dict[str, TrainConfig] = {
-    "smoke": TrainConfig(iterations=4, batch_size=2, crop=96, schedule="onecycle", lr=0.01, freeze_detection_at=3,
-                         grad_clip=10.0, checkpoint_every=2),
-    # cpu: detection fine-tunes the pretrained detector for 200 updates at a peak lr of 0.005 (the detector itself
-    # trained at 0.02; restarting at 0.02 undid part of it: fold 1 AP@.5 57.6 vs 57.7, super MCC 58.2 vs 63.3);
-    # classification then fine-tunes for 360 more, which cost about a third to a half of a full update each (60 left
-    # the classifier far weaker: Table 1 main MCC 26.9 vs 37.6; README). class_balance 0.5 (with the pretrained
-    # detector): fold 1, seeds 0 / 1, stromal recall 0.73 / 0.29 instead of 0.46 / 0.00 at super MCC 55.4 / 57.9
-    # instead of 59.7 / 55.2 (README, "Pretrained detector"; fitted choices on the validation fold)
-    "cpu": TrainConfig(iterations=560, batch_size=2, crop=160, schedule="onecycle", lr=5e-3,
-                       freeze_detection_at=200, finetune_lr=5e-3, grad_clip=10.0, eval_every=100,
-                       checkpoint_every=100, class_balance=0.5),
-    "paper": TrainConfig(iterations=16000, batch_size=4, crop=300, freeze_detection_at=15000, eval_every=2000,
-                         checkpoint_every=500),
-}
-
-# classifier_head='own': with 300 detection updates the box head shared with box regression (reference code) cannot
-# serve the classifier as well; the classifier's own MLP trains on after the freeze (README, fold-1 table).
-# detector_start: the detection layers start from the detector pretrained with the trunk (pretrain.py; README);
-# classifier_start: config 3 also takes the detector's classifier (fold 1, seeds 0 / 1: super MCC 62.1 / 56.4 ->
-# 74.1 / 68.6, config 2 64.9 / 62.3; README, "Pretrained detector", third round; a fitted choice)
-# test-time proposals 2000 -> 1000 (training keeps 1000 -> 300; the paper's model keeps 3000, the refiner 1000): with
-# 300 the fold-1 model (run 32, validation) missed nuclei it would have found: AP@.5 48.8 -> 52.5 (README)
-_CPU_MODEL = ModelConfig(backbone_layer="layer3", scale_factor=2.0, scale_jitter=0.2, roi_size=7, representation=256,
-                         box_batch_size_per_image=64, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=300,
-                         rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
-                         mask_channels=64, neck_channels=64, classifier_head="own", detector_start=True,
-                         classifier_start=True)
+#: Training schedules of each compute profile (settings in :data:`nucls_utils.profiles.STAGES`).
+TRAIN_PROFILES: dict[str, TrainConfig] = {p: TrainConfig(**kw) for p, kw in stage_settings("training").items()}
 #: The final model (config 3) of each profile; ablations are changes to it (:data:`~.architecture.MODEL_CONFIGS`).
-MODEL_PROFILES: dict[str, ModelConfig] = {
-    "smoke": _CPU_MODEL.with_(representation=64, box_batch_size_per_image=32, rpn_post_nms_top_n=200,
-                              mask_channels=16, neck_channels=16),
-    "cpu": _CPU_MODEL,
-    "paper": ModelConfig(),
-}
+MODEL_PROFILES: dict[str, ModelConfig] = {p: ModelConfig(**kw) for p, kw in stage_settings("model").items()}
 
 
 def profile_configs(profile: str) -> tuple[ModelConfig, TrainConfig]:

@@ -29,6 +29,7 @@ from ..io.atomic import atomic_dir, terminate_raises
 from ..io.dataset import FovRecord, Nucleus, validate_record, write_fov_files, write_fov_locations
 from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
 from ..io.naming import FovName, format_fov_name
+from ..profiles import stage_settings
 from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS, POLYLINE_SHARE
 from .layout import REGION_CODES, REGION_NAMES, make_roi
 from .refiner import refine_image, refiner_info
@@ -59,13 +60,10 @@ class CohortSpec:
         return sum(self.hospital_slides) * self.rois_per_slide * self.fovs_per_roi
 
 
+#: The cohort of each compute profile (settings in :data:`nucls_utils.profiles.STAGES`).
 PROFILE_SPECS: dict[str, CohortSpec] = {
-    # 3 hospitals, 10 FOVs: seconds; for tests and CI
-    "smoke": CohortSpec("smoke", (2, 2, 1), 1, 2, 900),
-    # 8 hospitals (enough for 5 by-hospital folds), 30 slides, 60 ROIs, 120 FOVs: about 30 s on 2 cores
-    "cpu": CohortSpec("cpu", (6, 5, 4, 4, 3, 3, 3, 2), 2, 2, 900),
-    # the core set's shape: 18 hospitals with the real slide counts (124 slides), 1,736 FOVs
-    "paper": CohortSpec("paper", HOSPITAL_SLIDE_COUNTS, 2, 7, 1400),
+    p: CohortSpec(p, **{**kw, "hospital_slides": kw["hospital_slides"] or HOSPITAL_SLIDE_COUNTS})
+    for p, kw in stage_settings("cohort").items()
 }
 
 _HOSPITAL_CODES = [f"Y{c}" for c in "0123456789ABCDEFGHJKLMNPQRSTUVWXZ"]

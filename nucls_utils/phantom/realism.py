@@ -19,8 +19,8 @@ The report (:func:`realism_report`) holds
    gradient-boosting classifier told to separate real from synthetic nuclei (0.5: indistinguishable, 1.0: always
    told apart);
 2. a second C2ST on 64 px nucleus-centred RGB patches with a small CNN (:func:`patch_c2st_auroc`), which matched
-   summary statistics cannot fool, averaged over several trainings (:func:`repeated_patch_c2st`,
-   :data:`PATCH_REPEATS`);
+   summary statistics cannot fool, averaged over several trainings (:func:`repeated_patch_c2st`; epochs and
+   trainings per profile: ``patch_epochs``, ``patch_repeats`` of :class:`nucls_utils.profiles.StudySettings`);
 3. per-class standardised mean differences of key features (:func:`smd_table`);
 4. the heuristic bootstrap's detection precision / recall / F1 at IOU >= 0.5 on each side, run the same way on
    both (one region per FOV: the real sample has no region maps);
@@ -176,14 +176,6 @@ def _threads(n: int = 1):
         torch.set_num_threads(before)
 
 
-#: Epochs of the patch CNN per profile (the smoke profile only checks that the test runs).
-PATCH_EPOCHS: dict[str, int] = {"smoke": 3, "cpu": 12, "paper": 12}
-#: Trainings of the patch CNN averaged per profile (other folds, initial weights and batches). Until generator 2.4 the
-#: AUROC ranked all folds' scores together and moved by up to 0.13 with the seed (the folds' logits drift apart);
-#: the mean of the folds' own AUROCs (:func:`fold_auroc`) does not have that noise: three trainings of the 2.4 cpu
-#: cohort gave 0.997-0.999. The cpu profile therefore trains once (about 2 minutes of its hour); the paper profile
-#: keeps three, which guard against the seed where a generator scores well below 1.
-PATCH_REPEATS: dict[str, int] = {"smoke": 1, "cpu": 1, "paper": 3}
 
 
 def n_folds(y: np.ndarray, groups: Sequence, n_splits: int = 5) -> int:

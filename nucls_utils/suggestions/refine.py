@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..io.dataset import Nucleus
 from ..io.masks import rasterize_instances
+from ..profiles import stage_settings
 from .heuristic import instances_to_nuclei
 
 __all__ = ["SUGGESTION_CLASSES", "CLASS_AGNOSTIC", "RefinerConfig", "REFINER_PROFILES", "build_refiner",
@@ -72,13 +73,8 @@ class RefinerConfig:
         return replace(self, **changes)
 
 
-#: Refiner of each compute profile. smoke and cpu draw class-balanced crops: chosen on the validation fold (fold 1)
-#: against the exact truth, 3 seeds (README, "Refinement model"); paper keeps the reference's uniform crops.
-REFINER_PROFILES: dict[str, RefinerConfig] = {
-    "smoke": RefinerConfig(iterations=3, batch_size=2, class_balance=1.0),
-    "cpu": RefinerConfig(iterations=1000, class_balance=1.0),
-    "paper": RefinerConfig(iterations=5000, batch_size=8),
-}
+#: Refiner of each compute profile (settings in :data:`nucls_utils.profiles.STAGES`).
+REFINER_PROFILES: dict[str, RefinerConfig] = {p: RefinerConfig(**kw) for p, kw in stage_settings("refiner").items()}
 
 
 def refiner_classes(suggestions: Sequence[Sequence[Nucleus]]) -> tuple[str, ...]:
