@@ -29,6 +29,7 @@ import pandas as pd
 from _timing import best_of
 
 from nucls_utils import dtale as D
+from nucls_utils.dtale.features import _htk_features
 from nucls_utils.io.dataset import read_dataset
 from nucls_utils.io.masks import rasterize_instances
 
@@ -39,7 +40,7 @@ SYNTHETIC = REPO / "data" / "synthetic" / "cpu"
 
 def full_frame(lab: np.ndarray, hema: np.ndarray) -> pd.DataFrame:
     """One call per nucleus on a FOV-sized label image that holds only that nucleus."""
-    rows = [D._htk_features(np.where(lab == k, k, 0).astype(np.int32), hema) for k in np.unique(lab[lab > 0])]
+    rows = [_htk_features(np.where(lab == k, k, 0).astype(np.int32), hema) for k in np.unique(lab[lab > 0])]
     return pd.concat(rows)
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "is_pathologist",
     "members",
     "colors",
+    "class_color",
+    "NON_CLASS_COLORS",
 ]
 
 AMBIGUOUS = "AMBIGUOUS"
@@ -354,3 +356,18 @@ def members(aliases: Iterable[str], who: str) -> list[str]:
 def colors(level: str) -> Mapping[str, str]:
     """The colour map of a level."""
     return {"raw": RAW_COLORS, "main": MAIN_COLORS, "super": SUPER_COLORS}[level]
+
+
+#: Colours of the inter-rater analyses' non-classes.
+NON_CLASS_COLORS: dict[str, str] = {"undetected": "#bdbdbd", "non-existent": "#444444", "not a nucleus": "#bdbdbd"}
+
+
+def class_color(name: object, default: str | None = "#777777") -> str | None:
+    """The one colour of a class name at whatever level it belongs to (super, main or raw: a name shared by two
+    levels has one colour in both), or of a non-class of the inter-rater analyses (``undetected``); ``default``
+    for anything else. Every figure colours classes through this function."""
+    if isinstance(name, str):
+        for table in (SUPER_COLORS, MAIN_COLORS, RAW_COLORS, NON_CLASS_COLORS):
+            if name in table:
+                return table[name]
+    return default

@@ -34,13 +34,7 @@ _IOU_COLORS = {0.25: "#1f5fd1", 0.5: "#e08a00", 0.75: "#e41a1c"}
 
 
 def _class_color(name: object) -> str:
-    if not isinstance(name, str):
-        return "#777777"
-    for level in ("super", "main", "raw"):
-        c = tx.colors(level).get(name)
-        if c:
-            return c
-    return {"undetected": "#bdbdbd", "non-existent": "#444444", "not a nucleus": "#bdbdbd"}.get(name, "#777777")
+    return tx.class_color(name) or "#777777"
 
 
 def _pn(group: str) -> str:
