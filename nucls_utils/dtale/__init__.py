@@ -48,62 +48,11 @@ Decisions (the paper and the reference code leave them open; notes 2h):
 
 from __future__ import annotations
 
-from .features import (
-    FEATURE_GROUPS,
-    MIN_PIXELS,
-    PHYSICAL_UNITS,
-    TABLE_S8_FEATURES,
-    extract_interpretable_features,
-    feature_group,
-    hematoxylin_channel,
-    nuclei_features,
-    short_name,
-    to_physical,
-)
-from .plots import (
-    plot_embedding,
-    plot_node_members,
-    plot_simplified_tree,
-    plot_step_by_step,
-    plot_tree_overlay,
-)
-from .representations import (
-    embed,
-    extract_representations,
-    hyperboloid_to_poincare,
-    representation_matrix,
-)
-from .rules import (
-    DEFAULT_PROPERTIES,
-    ROOT_RULE,
-    DecisionPath,
-    Rule,
-    check_rule_directions,
-    class_rules,
-    decision_path,
-    describe_rules,
-    missing_rule_notes,
-    paper_vs_run,
-    simplify_rules,
-    tree_settings,
-)
-from .tree import (
-    best_nodes,
-    fit_statistics,
-    fit_tree,
-    node_embedding_means,
-    node_members,
-    node_statistics,
-)
+from . import features, plots, representations, rules, tree
 
-__all__ = [
-    "FEATURE_GROUPS", "TABLE_S8_FEATURES", "PHYSICAL_UNITS", "MIN_PIXELS", "DEFAULT_PROPERTIES",
-    "feature_group", "short_name", "to_physical",
-    "hematoxylin_channel", "nuclei_features", "extract_interpretable_features", "extract_representations",
-    "representation_matrix",
-    "embed", "hyperboloid_to_poincare",
-    "fit_tree", "fit_statistics", "node_statistics", "best_nodes", "node_members", "node_embedding_means",
-    "Rule", "DecisionPath", "decision_path", "simplify_rules", "describe_rules", "class_rules", "ROOT_RULE",
-    "missing_rule_notes", "tree_settings", "paper_vs_run", "check_rule_directions",
-    "plot_embedding", "plot_tree_overlay", "plot_node_members", "plot_step_by_step", "plot_simplified_tree",
-]
+#: The package's modules, in reading order; every public name of each is a name of the package.
+_MODULES = (representations, features, tree, rules, plots)
+for _module in _MODULES:
+    globals().update({_name: getattr(_module, _name) for _name in _module.__all__})
+__all__ = [_name for _module in _MODULES for _name in _module.__all__]
+del _module

@@ -293,16 +293,11 @@ def np_label_roc_inputs(
     return y, prob, kept
 
 
-def np_label_roc(
-    em_frame: pd.DataFrame,
-    truth: pd.Series,
-    classes: Sequence[str] | None = None,
-    label_col: str = "label",
-    prefix: str = EM_PROB_PREFIX,
-) -> dict:
+def np_label_roc(em_frame: pd.DataFrame, truth: pd.Series, *args, **kwargs) -> dict:
     """Classification ROC of the NP-label against the P-truth (Figs 3b, 4e; paper AUROC 0.93 micro / 0.75 macro).
 
-    Inputs are prepared by :func:`np_label_roc_inputs`; the AUROCs are
+    Inputs are prepared by :func:`np_label_roc_inputs` (further arguments: its ``classes``, ``label_col`` and
+    ``prefix``); the AUROCs are
     :func:`nucls_utils.evaluation.roc_auc_micro_macro` (``macro`` = area of the interpolated mean ROC curve;
     ``macro_mean_auc`` = mean of per-class AUROCs).
 
@@ -310,7 +305,7 @@ def np_label_roc(
     -------
     the dict of ``roc_auc_micro_macro`` plus n (anchors) and classes (kept classes).
     """
-    y, prob, kept = np_label_roc_inputs(em_frame, truth, classes, label_col, prefix)
+    y, prob, kept = np_label_roc_inputs(em_frame, truth, *args, **kwargs)
     if not kept:
         out = {"micro": np.nan, "macro": np.nan, "macro_mean_auc": np.nan, "per_class": {}, "curves": {}}
     else:

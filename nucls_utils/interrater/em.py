@@ -593,25 +593,16 @@ def fit_labels(
     return LabelInference(table=table, confusion=confusion, priors=priors, classes=em_classes, result=result)
 
 
-def infer_labels(
-    frame: pd.DataFrame,
-    *,
-    classes: Sequence[str] | None = None,
-    missing: Sequence[str] = DEFAULT_MISSING,
-    q0: float = 0.7,
-    n_iter: int = 70,
-    tol: float | None = None,
-    blank_undetected: bool = False,
-) -> pd.DataFrame:
-    """The label table of :func:`fit_labels` (use that for the confusion matrices).
+def infer_labels(frame: pd.DataFrame, **options) -> pd.DataFrame:
+    """The label table of :func:`fit_labels` (use that for the confusion matrices); ``options`` are its keyword
+    arguments (``classes``, ``missing``, ``q0``, ``n_iter``, ``tol``, ``blank_undetected``).
 
     Returns
     -------
     DataFrame (I items)
         ``EM_prob_<class>`` columns, ``label``, ``confidence``, ``label_count``.
     """
-    return fit_labels(frame, classes=classes, missing=missing, q0=q0, n_iter=n_iter, tol=tol,
-                      blank_undetected=blank_undetected).table
+    return fit_labels(frame, **options).table
 
 
 def boundary_em(

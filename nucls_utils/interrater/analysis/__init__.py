@@ -38,95 +38,11 @@ Ps and NPs at raw/main/super level, boundary-EM decision), ``labels_<set>.csv`` 
 
 from __future__ import annotations
 
-from .accuracy import (
-    accuracy_by_set,
-    auroc_set_tests,
-    detected_by_at_least,
-    detection_tally,
-    ease_of_detection,
-    np_label_auroc_bootstrap,
-    np_label_detection,
-    np_label_detection_pooled,
-    np_label_roc_table,
-    paired_set_tests,
-    participant_accuracy,
-    pooled_confusion,
-    tally_by_truth,
-)
-from .agreement import (
-    alpha_table,
-    anchor_counts,
-    clicked_share_table,
-    group_summary,
-    kappa_group_tests,
-    kappa_mds,
-    kappa_pairs,
-    self_agreement_table,
-)
-from .boundaries import (
-    boundary_share_per_fov,
-    boundary_table,
-)
-from .clustering import (
-    clustering_example,
-    constraint_effect,
-    dendrogram_example,
-)
-from .generator import (
-    generator_confusion,
-    np_label_accuracy_vs_generator,
-    np_label_roc_vs_generator,
-    suggestion_effect,
-    truth_vs_generator,
-)
-from .paper_tables import (
-    agreement_paper_vs_run,
-    paper_vs_run,
-    redundancy_paper_vs_run,
-)
-from .redundancy import (
-    hold_total_constant,
-    plateau_k,
-    redundancy_findings,
-    redundancy_inputs,
-    summarize_redundancy,
-)
-from .truth import (
-    CLUSTERING_IOUS,
-    EM_CLASSES,
-    EVALSET_ALIASES,
-    PRIMARY_IOU,
-    STAGE,
-    MultiraterStudy,
-    TruthTables,
-    anchor_tables,
-    attach_generator_truth,
-    build_truth_tables,
-    final_anchors,
-    group_labels,
-    load_multirater_study,
-    locate_multirater,
-    members,
-    np_label_frame,
-    ptruth_composition,
-    read_truth_tables,
-    truth_series,
-    write_truth_tables,
-)
+from . import accuracy, agreement, boundaries, clustering, generator, paper_tables, redundancy, truth
 
-__all__ = [
-    "CLUSTERING_IOUS", "PRIMARY_IOU", "EM_CLASSES", "EVALSET_ALIASES", "STAGE",
-    "MultiraterStudy", "locate_multirater", "load_multirater_study", "anchor_tables",
-    "TruthTables", "build_truth_tables", "write_truth_tables", "read_truth_tables", "attach_generator_truth",
-    "group_labels", "truth_series", "np_label_frame", "final_anchors", "members", "ptruth_composition",
-    "participant_accuracy", "accuracy_by_set", "paired_set_tests", "np_label_detection", "np_label_detection_pooled",
-    "np_label_roc_table",
-    "np_label_auroc_bootstrap", "auroc_set_tests",
-    "alpha_table", "anchor_counts", "kappa_pairs", "kappa_group_tests", "kappa_mds", "self_agreement_table",
-    "clicked_share_table", "group_summary",
-    "boundary_table", "boundary_share_per_fov",
-    "detection_tally", "ease_of_detection", "detected_by_at_least", "pooled_confusion", "tally_by_truth",
-    "constraint_effect", "clustering_example", "dendrogram_example", "truth_vs_generator", "generator_confusion",
-    "redundancy_inputs", "hold_total_constant", "summarize_redundancy", "plateau_k", "redundancy_findings",
-    "np_label_roc_vs_generator", "np_label_accuracy_vs_generator", "suggestion_effect", "paper_vs_run", "agreement_paper_vs_run", "redundancy_paper_vs_run",
-]
+#: The package's modules, in reading order; every public name of each is a name of the package.
+_MODULES = (truth, accuracy, agreement, boundaries, clustering, generator, redundancy, paper_tables)
+for _module in _MODULES:
+    globals().update({_name: getattr(_module, _name) for _name in _module.__all__})
+__all__ = [_name for _module in _MODULES for _name in _module.__all__]
+del _module
