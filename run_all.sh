@@ -28,6 +28,8 @@ Options:
   --out DIR         write figures/, tables/, results/ and supplement/ under DIR (default: the repository).
   --force           execute every notebook even when its inputs and outputs are unchanged since its last run.
   --setup-only      create/refresh the environment and the kernel, then exit.
+  --lab [ARGS...]   set up as --setup-only, then open JupyterLab on the notebooks with the project's kernel
+                    ("Python (NuCLS study)"); every argument after --lab goes to 'jupyter lab' (e.g. --no-browser).
 
 A notebook whose inputs (the notebook, these options, the package source, the environment, the data and the
 earlier notebooks' outputs) are unchanged since its last successful run into the same --out, and whose outputs are
@@ -50,6 +52,8 @@ SEED=0
 ONLY=""
 OUT="$ROOT"
 SETUP_ONLY=0
+LAB=0
+LAB_ARGS=()
 FORCE=0
 # the value of option $1, which must be $2 and not empty or another option; else the usage error
 need_value() {
@@ -69,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --out) need_value "$@"; OUT="$2"; shift 2 ;;
         --force) FORCE=1; shift ;;
         --setup-only) SETUP_ONLY=1; shift ;;
+        --lab) LAB=1; shift; LAB_ARGS=("$@"); break ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run_all.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -88,7 +93,7 @@ if [[ -n "$METADATA" ]]; then
     METADATA="$(cd "$(dirname "$METADATA")" && pwd)/$(basename "$METADATA")"
 fi
 # The output folder must be writable before anything is generated: one clear error, not a mkdir trace later.
-if [[ "$SETUP_ONLY" == 0 ]]; then
+if [[ "$SETUP_ONLY" == 0 && "$LAB" == 0 ]]; then
     if ! mkdir -p "$OUT" 2>/dev/null || [[ ! -d "$OUT" ]]; then
         echo "run_all.sh: --out '$OUT' cannot be created (a file is in the way, or a parent folder is not writable)" >&2
         exit 2
@@ -150,6 +155,12 @@ PY="$VENV/bin/python"
 # environment's editable install points to: NUCLS_VENV may be shared by several checkouts (e.g. a worktree of the
 # parent commit for a before/after comparison), and the environment is reinstalled only when its lock changes.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [[ "$LAB" == 1 ]]; then
+    echo "[lab] JupyterLab on $NB_DIR (kernel: Python (NuCLS study)); Ctrl-C to stop"
+    ROOT_FLAG=()
+    [[ "$(id -u)" == 0 ]] && ROOT_FLAG=(--allow-root)  # containers and CI run as root
+    exec "$PY" -m jupyter lab --notebook-dir="$NB_DIR" "${ROOT_FLAG[@]}" "${LAB_ARGS[@]}"
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # Notebooks
@@ -195,6 +206,13 @@ touch "$STARTED"
 echo "[run] profile=$PROFILE seed=$SEED data=$DATA out=$OUT"
 
 declare -a TIMES=()
+# machine paths and the labels the executed notebooks show instead (nucls_utils.nbtools relativize); the longest
+# path wins, and the repository's label wins over an output folder that is the repository itself
+PATH_LABELS=("$OUT=\$OUT" "$ROOT=\$REPO" "$VENV=\$VENV")
+[[ "$DATA" == "$ROOT"/* ]] || PATH_LABELS+=("$DATA=\$DATA")
+[[ -d "$ROOT/../shared" ]] && PATH_LABELS+=("$(cd "$ROOT/../shared" && pwd)=\$SHARED")
+[[ -n "${HOME:-}" && "$HOME" != "/" ]] && PATH_LABELS+=("$HOME=~")
+RUN_T0=$(date +%s)
 # the shared trunk (and, cpu and smoke, detector) the models start from (nucls_utils.model.pretrain): built once,
 # then reused from data/
 # (only when a notebook that trains a model runs: 02 and 05; they would otherwise build it themselves)
@@ -242,6 +260,9 @@ for nb in "${NOTEBOOKS[@]}"; do
         "$PY" -m nucls_utils.nbtools describe-failure "$failed/$nb" "$failed/$stem.log" >&2 || true
         exit 1
     fi
+    # the supplement shows no machine's paths: each is replaced by a label ($REPO, $OUT, $DATA, $SHARED, $VENV, ~)
+    "$PY" -m nucls_utils.nbtools relativize "$stage/$nb" "${PATH_LABELS[@]}" \
+        "$stage/figures=\$OUT/figures" "$stage/tables=\$OUT/tables" >/dev/null
     "$PY" -m jupyter nbconvert --to html --log-level WARN "$stage/$nb" --output-dir "$stage" >/dev/null
     # success: move the staged outputs into place, then record what this notebook wrote
     rm -f "$OUT/supplement/failed/$nb" "$OUT/supplement/failed/$stem.log"
@@ -272,3 +293,18 @@ echo "figures written:"
 echo "tables written:"
 (cd "$OUT" && find tables -type f -newer "$STARTED" ! -name README.md | sort | sed 's/^/  /')
 echo "executed notebooks: $OUT/supplement/"
+# the browsable supplement: supplement/index.html (figures, tables, notebooks, this summary)
+"$PY" - "$OUT/supplement/run_summary.json" "$PROFILE" "$SEED" "$DATASET_NAME" "$(( $(date +%s) - RUN_T0 ))" \
+    "${TIMES[@]}" <<'PYEOF'
+import json, sys
+from nucls_utils.config import git_commit
+path, profile, seed, data, total, *rows = sys.argv[1:]
+old = json.load(open(path)) if __import__("os").path.exists(path) else {}
+times = dict(old.get("notebooks", {}))
+for row in rows:
+    name, value = row.rsplit(" ", 1)
+    times[name.removesuffix(".ipynb")] = value
+json.dump({"profile": profile, "seed": int(seed), "data": data, "commit": git_commit(), "total_seconds": int(total),
+           "notebooks": times}, open(path, "w"), indent=1)
+PYEOF
+"$PY" -m nucls_utils.figures supplement "$OUT"

@@ -11,6 +11,14 @@ VENV="${NUCLS_VENV:-$ROOT/.venv}"
 WORKERS="${NUCLS_TEST_WORKERS:-2}"
 [[ "$WORKERS" =~ ^[0-9]+$ ]] || { echo "run_tests.sh: NUCLS_TEST_WORKERS must be a number, not '$WORKERS'" >&2; exit 2; }
 "$ROOT/run_all.sh" --setup-only
+# Chromium for the supplement's browser test (tests/test_figures.py; it skips with a message without it): installed
+# from the Debian packages when this runs as root on a machine with apt and the browser is missing; best effort.
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1 \
+        && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[tests] installing chromium-headless-shell (Debian) for the supplement's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; } \
+        >/dev/null 2>&1 || echo "[tests] could not install Chromium: the browser test will skip"
+fi
 cd "$ROOT"
 export MPLBACKEND=Agg
 PARALLEL=()

@@ -5,6 +5,9 @@ Command line:
 * ``python -m nucls_utils.nbtools describe-failure EXECUTED.ipynb [STDERR.log]``
 * ``python -m nucls_utils.nbtools strip NOTEBOOK.ipynb ...`` - clear outputs, execution counts and papermill
   metadata in place, so a notebook edited in JupyterLab can be committed clean.
+* ``python -m nucls_utils.nbtools relativize EXECUTED.ipynb PATH=LABEL ...`` - replace each machine path by its
+  label (e.g. ``/home/me/nucls=$REPO``) everywhere in the notebook (sources, outputs, metadata), in place, so the
+  supplement shows no machine's paths.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["failing_cell", "parameters_cell", "parameter_names", "describe_failure", "strip_outputs"]
+__all__ = ["failing_cell", "parameters_cell", "parameter_names", "describe_failure", "strip_outputs",
+           "relativize_paths"]
 
 
 def _load(path: str | Path) -> dict:
@@ -107,6 +111,45 @@ def strip_outputs(nb_path: str | Path) -> bool:
     return after != before
 
 
+def _replace_strings(obj, swap):
+    if isinstance(obj, str):
+        return swap(obj)
+    if isinstance(obj, list):
+        return [_replace_strings(x, swap) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _replace_strings(v, swap) for k, v in obj.items()}
+    return obj
+
+
+def relativize_paths(nb_path: str | Path, replacements: dict[str, str]) -> int:
+    """Replace machine paths by labels everywhere in a notebook (cell sources, outputs, metadata), in place.
+
+    ``replacements``: absolute path -> label, e.g. ``{"/home/me/nucls": "$REPO"}``. Longer paths are replaced
+    first (an output folder inside the repository keeps its own label), a path only where it is followed by a
+    separator, a quote, white space or the end (``/data/x`` does not touch ``/data/xy``), and empty or relative
+    paths are ignored. Returns how many strings changed.
+    """
+    path = Path(nb_path)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    pairs = sorted(((str(Path(k)), v) for k, v in replacements.items() if k and Path(k).is_absolute()),
+                   key=lambda kv: -len(kv[0]))
+    pattern = re.compile("|".join(f"({re.escape(k)})(?=[/\\\\'\"\\s,)]|$)" for k, _ in pairs)) if pairs else None
+    changed = 0
+
+    def swap(text: str) -> str:
+        nonlocal changed
+        if pattern is None:
+            return text
+        new = pattern.sub(lambda m: pairs[m.lastindex - 1][1], text)
+        changed += new != text
+        return new
+
+    nb = _replace_strings(nb, swap)
+    if changed:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "describe-failure":
         print(describe_failure(argv[1], argv[2] if len(argv) > 2 else None))
@@ -114,6 +157,10 @@ def _main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "strip":
         for p in argv[1:]:
             print(f"{p}: {'stripped' if strip_outputs(p) else 'already clean'}")
+        return 0
+    if len(argv) >= 2 and argv[0] == "relativize":
+        pairs = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
+        print(f"{argv[1]}: {relativize_paths(argv[1], pairs)} strings relativized")
         return 0
     print(re.sub(r"\n\s+", "\n", __doc__ or ""), file=sys.stderr)
     return 2

@@ -28,15 +28,36 @@ def set_style() -> None:
 
 
 def save_figure(fig: plt.Figure, name: str, figures_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` atomically; return both paths."""
+    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` atomically; return both paths.
+
+    Both files carry, in their metadata, the figure's registry entry (:mod:`nucls_utils.figures`: paper label,
+    caption, notebook, builder) and the git commit of the code that drew it (PNG text chunks ``Title``,
+    ``Description``, ``Source``; PDF ``Title``, ``Subject``, ``Keywords``). The PDF carries no creation date, so the
+    same figure gives the same file."""
+    from .config import git_commit
+    from .figures import figure_metadata
+
+    meta = figure_metadata(name, _commit(git_commit))
+    per_format = {"png": {"Title": meta["Title"], "Description": meta["Subject"], "Source": meta["Keywords"]},
+                  "pdf": {**meta, "CreationDate": None}}
     figures_dir = Path(figures_dir)
     paths = []
     for ext in ("png", "pdf"):
         path = figures_dir / f"{name}.{ext}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext)
+            fig.savefig(tmp, format=ext, metadata=per_format[ext])
         paths.append(path)
     return paths[0], paths[1]
+
+
+_COMMIT: list[str] = []
+
+
+def _commit(lookup) -> str:
+    """The git commit, asked once per process."""
+    if not _COMMIT:
+        _COMMIT.append(lookup())
+    return _COMMIT[0]
 
 
 def plot_instances_and_sizes(per_fov: pd.Series, sizes: pd.DataFrame, title: str = "") -> plt.Figure:

@@ -205,6 +205,22 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     assert {p.name for p in (out / "tables").glob("*paper_vs_run*.csv")} >= {
         f"{n}_paper_vs_run.csv" for n in ("nb01", "nb02", "nb03", "nb04", "nb07")} | {"nb06_paper_vs_run_table1.csv"}
     assert check_paper_columns(out / "tables") > 60
+    # every figure and table the run wrote is registered (issue 17), the supplement's page lists them, and no
+    # executed notebook shows this machine's paths
+    from nucls_utils import figures
+
+    written = {(p.stem, "figure") for p in (out / "figures").glob("*.png")} | {
+        (p.stem, "table") for p in (out / "tables").glob("*.csv")}
+    registered = {(a.name, a.kind) for a in figures.REGISTRY}
+    assert written <= registered, sorted(written - registered)
+    assert {(a.name, a.kind) for a in figures.REGISTRY if not a.optional} <= written
+    index = (out / "supplement" / "index.html").read_text(encoding="utf-8")
+    assert "Not in the registry" not in index and index.count("<figure id=") == len(list((out / "figures").glob("*.png")))
+    for page in (out / "supplement").glob("*"):
+        if page.suffix in (".ipynb", ".html"):
+            text = page.read_text(encoding="utf-8")
+            assert str(REPO) not in text and str(out) not in text, page.name
+            assert "TqdmWarning" not in text, page.name
 
     # a re-run with nothing changed executes nothing and rewrites nothing
     tables_before = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}

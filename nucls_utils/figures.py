@@ -1,0 +1,371 @@
+"""The study's figures and tables: one registry that names each one after the paper, says which notebook writes it,
+what it shows and which package function draws or computes it; and the browsable supplement built from it.
+
+``python -m nucls_utils.figures list`` prints name -> builder -> notebook -> caption for every entry;
+``python -m nucls_utils.figures supplement OUT`` writes ``OUT/supplement/index.html``: a gallery of the figures of a
+run (thumbnail, caption, notebook, builder, commit), its tables, each executed notebook's HTML and the run summary
+(time per notebook, profile, data). ``run_all.sh`` writes it after the last notebook.
+
+Where a figure is drawn by a plotting function of the package, ``builder`` names it; where a notebook still
+composes the figure itself from several calls, ``builder`` says ``notebook cell`` (a figure that can be rebuilt
+from stored results alone, without running its notebook, is the registry's next step; none is yet).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Artifact", "REGISTRY", "artifact", "names", "write_supplement", "SUPPLEMENT_INDEX"]
+
+SUPPLEMENT_INDEX = "index.html"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One figure or table of the study."""
+
+    name: str  # file stem under figures/ or tables/ (PNG + PDF, or CSV + Markdown)
+    kind: str  # 'figure' or 'table'
+    notebook: str  # the notebook that writes it, e.g. '03_agreement'
+    paper: str  # where the paper shows it ('Fig. 3b', 'Table 1'), or '' for the study's own checks
+    caption: str
+    builder: str = "notebook cell"  # the package function that draws / computes it
+    synthetic_only: bool = False  # written only on the synthetic cohort
+    optional: bool = False  # written only when its inputs exist (e.g. the core-set metadata)
+
+
+_IP = "nucls_utils.interrater.plots."
+_PL = "nucls_utils.plotting."
+_RP = "nucls_utils.model.report."
+_DT = "nucls_utils.dtale."
+
+_F, _T = "figure", "table"
+_ENTRIES: list[tuple] = [
+    # 01_data_prep
+    ("fig1a_class_counts", _F, "01_data_prep", "Fig. 1a", "nuclei per class at the raw, main and super-class levels",
+     _PL + "plot_class_counts"),
+    ("figS9_instances_and_sizes", _F, "01_data_prep", "Fig. S9", "nuclei per FOV and nucleus sizes, with COCO's values",
+     _PL + "plot_instances_and_sizes"),
+    ("figS9_instances_and_sizes_core", _F, "01_data_prep", "Fig. S9", "the same for the whole core set (metadata)",
+     _PL + "plot_instances_and_sizes", False, True),
+    ("fig6c_class_by_fold", _F, "01_data_prep", "Fig. 6c", "super-class composition of each hospital fold",
+     _PL + "plot_class_by_fold"),
+    ("fig6c_class_by_fold_core", _F, "01_data_prep", "Fig. 6c", "the same for the whole core set (metadata)",
+     _PL + "plot_class_by_fold", False, True),
+    ("nb01_example_fovs", _F, "01_data_prep", "", "example FOVs of the dataset", _PL + "plot_fov_gallery"),
+    ("nb01_ground_truth_overlay", _F, "01_data_prep", "", "one FOV with its true outlines coloured by class",
+     _PL + "plot_ground_truth_overlay"),
+    ("nb01_stain_densities", _F, "01_data_prep", "", "hematoxylin and eosin densities per FOV, synthetic vs real",
+     _PL + "plot_stain_ranges"),
+    ("nb01_realism_report", _F, "01_data_prep", "", "how well classifiers tell synthetic from real nuclei",
+     _PL + "plot_realism_report", True),
+    ("nb01_real_vs_synthetic_grid", _F, "01_data_prep", "", "real and synthetic nuclei side by side",
+     _PL + "plot_real_vs_synthetic_grid", True),
+    ("nb01_dataset_summary", _T, "01_data_prep", "dataset summary", "FOVs, nuclei, classes and sizes of the dataset",
+     "nucls_utils.summary.dataset_summary"),
+    ("nb01_class_counts", _T, "01_data_prep", "Fig. 1a", "nuclei per class", "nucls_utils.summary.class_counts"),
+    ("nb01_calibration_vs_real", _T, "01_data_prep", "", "the generator's calibration targets against the real data",
+     "nucls_utils.summary.calibration_comparison", True),
+    ("nb01_stain_densities", _T, "01_data_prep", "", "stain densities per FOV", "nucls_utils.summary.stain_table"),
+    ("nb01_realism_summary", _T, "01_data_prep", "", "realism tests in one table", "notebook cell", True),
+    ("nb01_realism_c2st", _T, "01_data_prep", "", "classifier two-sample tests, by feature group", "notebook cell", True),
+    ("nb01_realism_smd", _T, "01_data_prep", "", "standardised mean differences of key features", "notebook cell", True),
+    ("nb01_realism_bootstrap", _T, "01_data_prep", "", "the heuristic bootstrap's accuracy on real and synthetic FOVs",
+     "notebook cell", True),
+    ("nb01_realism_images", _T, "01_data_prep", "", "image statistics, real vs synthetic", "notebook cell", True),
+    ("figS9_size_categories", _T, "01_data_prep", "Fig. S9", "nuclei by COCO size category",
+     "nucls_utils.summary.size_categories"),
+    ("table1_folds_N_dataset", _T, "01_data_prep", "Table 1 N", "test nuclei per fold in this dataset"),
+    ("table1_folds_N", _T, "01_data_prep", "Table 1 N", "test nuclei per fold, this dataset and the core set"),
+    ("fig6c_class_by_fold", _T, "01_data_prep", "Fig. 6c", "super-class shares per fold",
+     "nucls_utils.summary.class_by_fold"),
+    ("nb01_paper_vs_run", _T, "01_data_prep", "", "dataset numbers: paper vs this run", "nucls_utils.summary.paper_vs_run"),
+    # 02_suggestions
+    ("figS2_refinement_training", _F, "02_suggestions", "Fig. S2", "the refinement model's training loss",
+     _PL + "plot_training_loss"),
+    ("figS2_suggestion_examples", _F, "02_suggestions", "Fig. S2", "bootstrap and refined suggestions on example FOVs",
+     _PL + "plot_suggestion_examples"),
+    ("figS4_suggestion_accuracy_per_fov", _F, "02_suggestions", "Fig. S4", "suggestion accuracy per FOV",
+     _PL + "plot_per_fov_comparison"),
+    ("tableS2_suggestion_accuracy", _T, "02_suggestions", "Table S2", "accuracy of the bootstrap and refined suggestions",
+     "nucls_utils.suggestions.assess.suggestion_table"),
+    ("nb02_paper_vs_run", _T, "02_suggestions", "", "suggestions: paper vs this run",
+     "nucls_utils.suggestions.assess.paper_vs_run"),
+    # 03_agreement
+    ("fig2_clustering_example", _F, "03_agreement", "Fig. 2", "participants' boxes clustered into anchors",
+     _IP + "plot_clustering_example"),
+    ("figS16_clustering_algorithm", _F, "03_agreement", "Fig. S16", "the constrained clustering, step by step",
+     _IP + "plot_dendrogram_example"),
+    ("fig3a_detection_accuracy", _F, "03_agreement", "Fig. 3a", "detection accuracy of participants and the NP-label",
+     _IP + "plot_detection_accuracy"),
+    ("fig3b_np_label_roc", _F, "03_agreement", "Fig. 3b", "ROC of the NP-label's classification vs the P-truth",
+     _IP + "plot_np_label_roc"),
+    ("figS3_super_class_accuracy", _F, "03_agreement", "Fig. S3", "accuracy at the super-class level",
+     _IP + "plot_super_class_accuracy"),
+    ("fig3c_pathologist_confusion", _F, "03_agreement", "Fig. 3c", "pathologists' calls against the P-truth",
+     _IP + "plot_confusion"),
+    ("fig3d_mds_kappa", _F, "03_agreement", "Fig. 3d", "participants placed by their pairwise kappa (MDS)",
+     _IP + "plot_mds"),
+    ("figS7_confusion", _F, "03_agreement", "Fig. S7", "pooled confusion of each group against the P-truth",
+     _IP + "plot_confusions_s7"),
+    ("figS8_ease_of_detection", _F, "03_agreement", "Fig. S8", "how many participants detect each nucleus, by class",
+     _IP + "plot_ease_of_detection"),
+    ("fig4b_clicked_suggestions", _F, "03_agreement", "Fig. 4b", "share of suggestions whose boundary was clicked",
+     _IP + "plot_clicked_share"),
+    ("fig4d_self_agreement", _F, "03_agreement", "Fig. 4d", "self-agreement kappa between sets", _IP + "plot_self_agreement"),
+    ("fig4c_boundary_accuracy", _F, "03_agreement", "Fig. 4c", "DICE of the algorithmic boundaries judged correct",
+     _IP + "plot_boundary_accuracy"),
+    ("figS5_clicked_boundaries", _F, "03_agreement", "Fig. S5", "clicked boundaries per FOV and their accuracy",
+     _IP + "plot_boundaries_s5"),
+    ("fig4e_accuracy_by_set", _F, "03_agreement", "Fig. 4e", "NP-label accuracy with and without suggestions",
+     _IP + "plot_roc_by_set"),
+    ("fig5a_anchors_vs_threshold", _F, "03_agreement", "Fig. 5a", "anchors and alpha against the clustering threshold",
+     _IP + "plot_anchors_and_alpha"),
+    ("fig5c_alpha_by_threshold", _F, "03_agreement", "Fig. 5c", "Krippendorff's alpha by clustering threshold",
+     _IP + "plot_alpha_by_iou"),
+    ("fig5b_constraint_effect", _F, "03_agreement", "Fig. 5b", "effect of the clustering constraint",
+     _IP + "plot_constraint_effect"),
+    ("fig5d_pairwise_kappa", _F, "03_agreement", "Fig. 5d", "pairwise kappa within and between groups",
+     _IP + "plot_pairwise_kappa"),
+    ("nb03_truth_vs_generator", _F, "03_agreement", "", "the inferred truth against the generator's truth",
+     _IP + "plot_truth_vs_generator", True),
+    ("nb03_ptruth_composition", _T, "03_agreement", "", "classes of the P-truth anchors",
+     "nucls_utils.interrater.analysis.ptruth_composition"),
+    ("fig3a_participant_accuracy", _T, "03_agreement", "Fig. 3a", "accuracy of each participant",
+     "nucls_utils.interrater.analysis.participant_accuracy"),
+    ("fig3b_np_label_auroc", _T, "03_agreement", "Fig. 3b", "AUROC of the NP-label", "nucls_utils.interrater.analysis.np_label_roc_table"),
+    ("figS8_detected_by_16_nps", _T, "03_agreement", "Fig. S8", "nuclei detected by at least 16 NPs, by class",
+     "nucls_utils.interrater.analysis.detected_by_at_least"),
+    ("fig4d_self_agreement", _T, "03_agreement", "Fig. 4d", "self-agreement kappa by group",
+     "nucls_utils.interrater.analysis.self_agreement_table"),
+    ("fig4e_np_label_auroc_by_set", _T, "03_agreement", "Fig. 4e", "NP-label AUROC per set, bootstrap intervals",
+     "nucls_utils.interrater.analysis.np_label_auroc_bootstrap"),
+    ("fig4e_tests", _T, "03_agreement", "Fig. 4e", "tests between the sets", "nucls_utils.interrater.analysis.auroc_set_tests"),
+    ("fig4e_effect_inferred_vs_true", _T, "03_agreement", "Fig. 4e",
+     "the effect of suggestions: inferred vs the generator's truth", "nucls_utils.interrater.analysis.suggestion_effect",
+     True),
+    ("fig5ac_krippendorff_alpha", _T, "03_agreement", "Figs. 5a, 5c", "Krippendorff's alpha by threshold",
+     "nucls_utils.interrater.analysis.alpha_table"),
+    ("fig5b_constraint_effect", _T, "03_agreement", "Fig. 5b", "the clustering constraint's effect",
+     "nucls_utils.interrater.analysis.constraint_effect"),
+    ("fig5d_pairwise_kappa_tests", _T, "03_agreement", "Fig. 5d", "tests of pairwise kappa between groups",
+     "nucls_utils.interrater.analysis.kappa_group_tests"),
+    ("nb03_truth_vs_generator", _T, "03_agreement", "", "inferred truth vs the generator's truth",
+     "nucls_utils.interrater.analysis.truth_vs_generator", True),
+    ("nb03_paper_vs_run", _T, "03_agreement", "", "agreement: paper vs this run",
+     "nucls_utils.interrater.analysis.agreement_paper_vs_run"),
+    ("nb03_roster_spread", _T, "03_agreement", "", "this roster among other rosters of the calibrated crowd",
+     "nucls_utils.crowd.calibrate.roster_spread", True),
+    # 04_em_simulations
+    ("fig3e_np_redundancy", _F, "04_em_simulations", "Fig. 3e", "NP-label accuracy against NPs per FOV",
+     _IP + "plot_redundancy"),
+    ("nb04_np_redundancy_vs_generator", _F, "04_em_simulations", "", "the same scored against the generator's truth",
+     _IP + "plot_redundancy", True),
+    ("fig3e_np_redundancy", _T, "04_em_simulations", "Fig. 3e", "NP-label accuracy by NPs per FOV",
+     "nucls_utils.interrater.analysis.summarize_redundancy"),
+    ("nb04_plateau_vs_generator", _T, "04_em_simulations", "", "where accuracy plateaus, against the generator's truth",
+     "nucls_utils.interrater.analysis.redundancy_findings", True),
+    ("nb04_paper_vs_run", _T, "04_em_simulations", "", "redundancy: paper vs this run",
+     "nucls_utils.interrater.analysis.redundancy_paper_vs_run"),
+    # 05_training
+    ("figS10_training_curves", _F, "05_training", "Fig. S10", "training losses and validation AP of config 3, fold 1",
+     _RP + "plot_training_curves"),
+    ("tableS7_hyperparameters", _T, "05_training", "Table S7", "hyperparameters of this profile and the paper's"),
+    # 06_evaluation
+    ("fig6d_predictions", _F, "06_evaluation", "Fig. 6d", "predicted boundaries coloured by class on test FOVs",
+     _RP + "plot_predictions"),
+    ("figS11_confusion_main", _F, "06_evaluation", "Fig. S11", "confusion of the main classes", _RP + "plot_confusions"),
+    ("figS11_confusion_super", _F, "06_evaluation", "Fig. S11", "confusion of the super-classes", _RP + "plot_confusions"),
+    ("table1_corrected_singlerater", _T, "06_evaluation", "Table 1", "the NuCLS model on the corrected single-rater data",
+     _RP + "table1"),
+    ("table1_ptruth_E", _T, "06_evaluation", "Table 1", "the NuCLS model against the pathologists' truth", _RP + "table1"),
+    ("nb06_paper_vs_run_table1", _T, "06_evaluation", "Table 1", "Table 1: paper vs this run"),
+    ("tableS3_scale_factor", _T, "06_evaluation", "Table S3", "the scale factor's effect", _RP + "table_s3"),
+    ("tableS4_superclass_accuracy", _T, "06_evaluation", "Table S4", "per-super-class accuracy", _RP + "table_s4"),
+    ("tableS5_ablations", _T, "06_evaluation", "Table S5", "the architecture ablations (configs 1-6)", _RP + "table_s5"),
+    ("tableS6_uncorrected_training", _T, "06_evaluation", "Table S6", "training on corrected vs uncorrected data",
+     _RP + "table_s6"),
+    ("nb06_vs_generator_truth", _T, "06_evaluation", "", "the models scored against the generator's truth",
+     "notebook cell", True),
+    ("nb06_truth_ceiling", _T, "06_evaluation", "", "a perfect model scored against the corrected truth",
+     _RP + "truth_ceiling", True),
+    # 07_dtale
+    ("fig7bg_embedding", _F, "07_dtale", "Figs. 7b, 7g", "the model's representations, hyperbolic UMAP",
+     _DT + "plot_embedding"),
+    ("fig7d_simplified_tree", _F, "07_dtale", "Fig. 7d", "the regression tree, simplified", _DT + "plot_simplified_tree"),
+    ("fig7ef_figS15_tree_overlay", _F, "07_dtale", "Figs. 7e-f, S15", "tree nodes over the embedding",
+     _DT + "plot_tree_overlay"),
+    ("figS14_lymphocyte_path", _F, "07_dtale", "Fig. S14", "the lymphocyte rule, step by step", _DT + "plot_step_by_step"),
+    ("fig7_dtale_rules", _T, "07_dtale", "Fig. 7", "representative and discriminative rules of each class",
+     _DT + "class_rules"),
+    ("nb07_paper_vs_run", _T, "07_dtale", "", "DTALE: paper vs this run", _DT + "paper_vs_run"),
+    ("nb07_rule_direction_checks", _T, "07_dtale", "", "do the rules point the way the generator drew the nuclei",
+     _DT + "check_rule_directions", True),
+]
+
+#: Every figure and table, in the order the notebooks write them.
+REGISTRY: tuple[Artifact, ...] = tuple(Artifact(*e) for e in _ENTRIES)
+
+
+def artifact(name: str, kind: str | None = None) -> Artifact:
+    """The registry entry of ``name`` (of ``kind`` when a figure and a table share the name)."""
+    hits = [a for a in REGISTRY if a.name == name and (kind is None or a.kind == kind)]
+    if not hits:
+        raise KeyError(f"no figure or table called {name!r} in nucls_utils.figures.REGISTRY")
+    if len(hits) > 1:
+        raise KeyError(f"{name!r} is both a figure and a table: give kind='figure' or 'table'")
+    return hits[0]
+
+
+def names(kind: str, notebook: str | None = None) -> list[str]:
+    """Names of the figures or tables (of one notebook)."""
+    return [a.name for a in REGISTRY if a.kind == kind and (notebook is None or a.notebook == notebook)]
+
+
+def figure_metadata(name: str, commit: str) -> dict[str, str]:
+    """What a saved figure carries in its PNG / PDF metadata: its builder, notebook and the git commit."""
+    try:
+        a = artifact(name, "figure")
+        notebook, builder, title = a.notebook, a.builder, f"{a.paper}: {a.caption}" if a.paper else a.caption
+    except KeyError:  # a figure outside the registry (a test's): say so rather than fail the save
+        notebook, builder, title = "unregistered", "unregistered", name
+    return {"Title": title, "Subject": f"NuCLS study {name}; notebook {notebook}; builder {builder}",
+            "Keywords": f"commit {commit}", "Creator": "nucls_utils"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The supplement
+# ---------------------------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:14px}
+figure{margin:0;border:1px solid #ddd;padding:8px;background:#fafafa}
+figure img{width:100%;height:180px;object-fit:contain;background:#fff}
+figcaption{font-size:.85em}figcaption code{font-size:.85em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.missing{color:#a00}
+"""
+
+_CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var broken = Array.from(document.images).filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute('data-images', String(document.images.length));
+  document.body.setAttribute('data-broken-images', String(broken.length));
+});
+</script>
+"""
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def write_supplement(out: str | os.PathLike[str], summary: dict | None = None) -> Path:
+    """Write ``<out>/supplement/index.html`` for the run under ``out`` (figures/, tables/, supplement/).
+
+    The page lists every registered figure written under ``figures/`` (thumbnail linking to the PNG and PDF, paper
+    label, caption, notebook link, builder, commit), every registered table under ``tables/`` (Markdown and CSV
+    links), each executed notebook's HTML, the run summary ``summary`` (``run_summary.json`` of ``run_all.sh``:
+    profile, seed, data, seconds per notebook), and anything written that the registry does not know. All links
+    are relative, so the folder can be moved or served as it is. Returns the page's path.
+    """
+    out = Path(out)
+    sup = out / "supplement"
+    sup.mkdir(parents=True, exist_ok=True)
+    if summary is None and (sup / "run_summary.json").is_file():
+        summary = json.loads((sup / "run_summary.json").read_text(encoding="utf-8"))
+    summary = summary or {}
+    commit = html.escape(str(summary.get("commit", "unknown")))
+    e = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>NuCLS study: supplement</title>"
+             f"<style>{_CSS}</style></head><body>",
+             "<h1>NuCLS study: supplement</h1>",
+             f"<p>Profile <b>{e(str(summary.get('profile', '?')))}</b>, seed {e(str(summary.get('seed', '?')))}, "
+             f"data {e(str(summary.get('data', '?')))}, commit <code>{commit}</code>.</p>"]
+    times = summary.get("notebooks", {})
+    notebooks = sorted({a.notebook for a in REGISTRY} | set(times))
+    parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>executed</th><th>wall time (s)</th></tr>")
+    for nb in notebooks:
+        page = sup / f"{nb}.html"
+        link = f"<a href='{e(_rel(page, sup))}'>{e(nb)}</a>" if page.is_file() else f"<span class='missing'>{e(nb)}</span>"
+        ipynb = f" (<a href='{e(nb)}.ipynb'>ipynb</a>)" if (sup / f"{nb}.ipynb").is_file() else ""
+        parts.append(f"<tr><td>{link}{ipynb}</td><td>{'yes' if page.is_file() else 'no'}</td>"
+                     f"<td>{e(str(times.get(nb, '')))}</td></tr>")
+    parts.append("</table>")
+    if "total_seconds" in summary:
+        parts.append(f"<p>Whole run: {e(str(summary['total_seconds']))} s.</p>")
+
+    parts.append("<h2>Figures</h2><div class='grid'>")
+    known = set()
+    for a in REGISTRY:
+        if a.kind != "figure":
+            continue
+        png, pdf = out / "figures" / f"{a.name}.png", out / "figures" / f"{a.name}.pdf"
+        known.add(png.name)
+        if not png.is_file():
+            continue
+        nb_page = f"{a.notebook}.html"
+        parts.append(
+            f"<figure id='{e(a.name)}'><a href='{e(_rel(png, sup))}'><img src='{e(_rel(png, sup))}' alt='{e(a.name)}'>"
+            f"</a><figcaption><b>{e(a.paper or 'study check')}</b> {e(a.caption)}<br><code>{e(a.name)}</code> "
+            f"(<a href='{e(_rel(pdf, sup))}'>PDF</a>)<br>notebook <a href='{e(nb_page)}'>{e(a.notebook)}</a><br>"
+            f"builder <code>{e(a.builder)}</code><br>commit <code>{commit}</code></figcaption></figure>")
+    parts.append("</div>")
+
+    parts.append("<h2>Tables</h2><table><tr><th>table</th><th>paper</th><th>what</th><th>notebook</th>"
+                 "<th>builder</th></tr>")
+    for a in REGISTRY:
+        if a.kind != "table":
+            continue
+        md, csv = out / "tables" / f"{a.name}.md", out / "tables" / f"{a.name}.csv"
+        known.add(csv.name)
+        if not csv.is_file():
+            continue
+        md_link = f" (<a href='{e(_rel(md, sup))}'>md</a>)" if md.is_file() else ""
+        parts.append(f"<tr><td><a href='{e(_rel(csv, sup))}'>{e(a.name)}</a>{md_link}</td><td>{e(a.paper)}</td>"
+                     f"<td>{e(a.caption)}</td><td><a href='{e(a.notebook)}.html'>{e(a.notebook)}</a></td>"
+                     f"<td><code>{e(a.builder)}</code></td></tr>")
+    parts.append("</table>")
+    unknown = sorted(p.name for sub, ext in (("figures", ".png"), ("tables", ".csv"))
+                     for p in (out / sub).glob(f"*{ext}") if p.name not in known)
+    if unknown:
+        parts.append("<h2>Not in the registry</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in unknown) + "</ul>")
+    parts.append(_CHECK + "</body></html>")
+    page = sup / SUPPLEMENT_INDEX
+    from .io.atomic import atomic_path
+
+    with atomic_path(page) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return page
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m nucls_utils.figures", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    lst = sub.add_parser("list", help="print every figure and table: name -> builder -> notebook -> caption")
+    lst.add_argument("--kind", choices=("figure", "table"))
+    sp = sub.add_parser("supplement", help="write OUT/supplement/index.html")
+    sp.add_argument("out", help="the run's output folder (run_all.sh --out; default the repository)")
+    args = ap.parse_args(argv)
+    if args.command == "list":
+        for a in REGISTRY:
+            if args.kind in (None, a.kind):
+                print(f"{a.kind:6} {a.name:36} -> {a.builder:58} -> {a.notebook:17} {a.paper}: {a.caption}")
+        return 0
+    page = write_supplement(args.out)
+    print(f"supplement: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
