@@ -291,7 +291,8 @@ def write_supplement(out: str | os.PathLike[str], summary: dict | None = None) -
              f"<p>Profile <b>{e(str(summary.get('profile', '?')))}</b>, seed {e(str(summary.get('seed', '?')))}, "
              f"data {e(str(summary.get('data', '?')))}, commit <code>{commit}</code>.</p>"]
     times = summary.get("notebooks", {})
-    notebooks = sorted({a.notebook for a in REGISTRY} | set(times))
+    steps = {k: v for k, v in times.items() if not (k[:2].isdigit() and k[2:3] == "_")}  # e.g. pretraining
+    notebooks = sorted({a.notebook for a in REGISTRY} | (set(times) - set(steps)))
     parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>executed</th><th>wall time (s)</th></tr>")
     for nb in notebooks:
         page = sup / f"{nb}.html"
@@ -300,6 +301,8 @@ def write_supplement(out: str | os.PathLike[str], summary: dict | None = None) -
         parts.append(f"<tr><td>{link}{ipynb}</td><td>{'yes' if page.is_file() else 'no'}</td>"
                      f"<td>{e(str(times.get(nb, '')))}</td></tr>")
     parts.append("</table>")
+    if steps:
+        parts.append("<p>Before the notebooks: " + ", ".join(f"{e(k)} {e(str(v))} s" for k, v in steps.items()) + ".</p>")
     if "total_seconds" in summary:
         parts.append(f"<p>Whole run: {e(str(summary['total_seconds']))} s.</p>")
 

@@ -111,7 +111,7 @@ def _fake_run(out: Path) -> None:
         (out / "supplement" / f"{nb}.ipynb").write_text("{}")
     (out / "supplement" / "run_summary.json").write_text(json.dumps(
         {"profile": "smoke", "seed": 0, "data": "synthetic_smoke", "commit": "abc123", "total_seconds": 9,
-         "notebooks": {"01_data_prep": "4", "03_agreement": "5"}}))
+         "notebooks": {"pretraining": "3", "01_data_prep": "4", "03_agreement": "5"}}))
 
 
 def test_supplement_page_links_resolve(tmp_path):
@@ -131,7 +131,8 @@ def test_supplement_page_links_resolve(tmp_path):
     assert not [link for link in local if link.endswith((".png", ".pdf", ".csv", ".md", ".ipynb"))
                 and link not in present]
     assert "scratch_plot.png" in text.split("Not in the registry")[1]  # an unregistered figure is named
-    assert "commit <code>abc123</code>" in text and "Whole run: 9 s" in text
+    assert "commit <code>abc123</code>" in text and "Whole run: 9 s" in text and "pretraining 3 s" in text
+    assert ">pretraining<" not in text  # a step before the notebooks, not a notebook
     assert str(tmp_path) not in text  # relative links only
 
 
