@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from nucls_utils.model.report import table1
@@ -43,8 +46,8 @@ def test_ptruth_drops_non_nuclei_and_oversized_anchors_and_crops_to_the_fov(tmp_
 
 def _rows(values):
     return pd.DataFrame([{"experiment": f"config3_fold{f}", "truth": "corrected", "fold": f, "config": "3",
-                          "training_data": "corrected", "det_n": 100 * f, "ap50": ap, "map": ap / 2}
-                         for f, ap in values])
+                          "tables": "Table 1", "training_data": "corrected", "det_n": 100 * f, "ap50": ap,
+                          "map": ap / 2} for f, ap in values])
 
 
 def test_table1_mean_row_leaves_out_the_validation_fold():
@@ -99,3 +102,38 @@ def test_truth_ceiling_scores_the_generator_against_a_noisy_truth():
     assert t.loc[1, "AP@.5"] == 100.0 and t.loc[1, "main MCC"] == 100.0
     assert (t.loc[2, "truth nuclei"], t.loc[2, "generator nuclei"], t.loc[2, "matched at IOU 0.5"]) == (8, 10, 7)
     assert t.loc[2, "AP@.5"] < 90.0 and t.loc[2, "main MCC"] < 100.0
+
+
+def test_tables_select_experiments_by_the_plan_not_by_their_names(tmp_path):
+    """Experiments renamed at random still land in the right tables: Table 1 takes the config-3 runs that feed it,
+    not fold 1's scale-factor ablation (also config 3, fold 1); Table S3 takes both; the plan round-trips."""
+    from nucls_utils.model import experiments as ex
+    from nucls_utils.model.report import in_table, table_s3
+
+    plan = ex.experiment_plan("smoke", (1, 2))
+    renamed = [dataclasses.replace(e, name=f"run{k:02d}") for k, e in enumerate(plan)]
+    path = ex.save_plan(renamed, tmp_path)
+    assert path.name == ex.PLAN_FILE and ex.load_plan(tmp_path) == renamed
+    rows = pd.DataFrame([{"experiment": e.name, "truth": "corrected", "fold": e.fold, "config": e.config,
+                          "tables": "; ".join(e.tables), "training_data": e.training_data,
+                          "scale_factor": e.model.scale_factor, "det_n": 10, "ap50": 0.5 + k / 100, "map": 0.2}
+                         for k, e in enumerate(renamed)])
+    t1 = table1(rows, "corrected")
+    assert list(t1["fold"])[:2] == ["1 (val)", "2"] and len(t1) == 3  # folds 1, 2 and the mean row
+    s3 = table_s3(rows, stride=16)
+    ablations = [e for e in plan if e.tables == ("Table S3",)]
+    assert ablations and len(s3) == 1 + len(ablations)
+    assert in_table(rows, "Table S6").sum() == sum("Table S6" in e.tables for e in plan)
+
+
+def test_load_plan_names_the_missing_or_bad_file(tmp_path):
+    from nucls_utils.model import experiments as ex
+
+    with pytest.raises(FileNotFoundError, match="run notebook 05 first"):
+        ex.load_plan(tmp_path)
+    (tmp_path / ex.PLAN_FILE).write_text('[{"name": "x"}]')
+    with pytest.raises(ValueError, match=r"plan.json: entry 0 is not an experiment"):
+        ex.load_plan(tmp_path)
+    (tmp_path / ex.PLAN_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        ex.load_plan(tmp_path)

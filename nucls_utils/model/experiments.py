@@ -13,6 +13,7 @@ notebook 06 only evaluates stored predictions.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .detections import Detections
 from .train import TrainConfig, profile_configs
 
 __all__ = ["Experiment", "experiment_plan", "save_predictions", "load_predictions", "run_experiment", "run_plan",
-           "plan_parallelism", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
+           "plan_parallelism", "PLAN_FILE", "save_plan", "load_plan", "fold_split", "FOLD_TEST_TABLE_NOTE", "paper_profile_check"]
 
 #: Records the experiment's key and the sha256 of its stored predictions (see :func:`run_experiment`).
 EXPERIMENT_MANIFEST = "experiment_manifest.json"
@@ -62,6 +63,43 @@ class Experiment:
         d["model"] = ModelConfig.from_dict(d["model"])
         d["tables"] = tuple(d["tables"])
         return cls(**d)
+
+
+#: Notebook 05's plan, read by notebook 06 (:func:`save_plan`, :func:`load_plan`).
+PLAN_FILE = "plan.json"
+
+
+def save_plan(plan: Sequence[Experiment], stage_dir: str | os.PathLike[str]) -> Path:
+    """Write notebook 05's plan to ``<stage_dir>/plan.json`` (atomically), for :func:`load_plan`."""
+    path = Path(stage_dir) / PLAN_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps([e.to_dict() for e in plan], indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def load_plan(stage_dir: str | os.PathLike[str]) -> list[Experiment]:
+    """The plan :func:`save_plan` wrote to ``stage_dir`` (notebook 05's results folder).
+
+    Raises FileNotFoundError when there is none (notebook 05 has not run into this output folder), ValueError naming
+    the file and the entry when an entry is not an experiment.
+    """
+    path = Path(stage_dir) / PLAN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained models: {path} does not exist; run notebook 05 first (same --out and "
+                                "profile)")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of experiments, not {type(entries).__name__}")
+    plan = []
+    for k, d in enumerate(entries):
+        try:
+            plan.append(Experiment.from_dict(d))
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path}: entry {k} is not an experiment ({type(exc).__name__}: {exc})") from None
+    return plan
 
 
 def experiment_plan(profile: str, folds: Sequence[int] = (1, 2, 3, 4, 5), *,

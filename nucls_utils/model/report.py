@@ -22,7 +22,7 @@ from .data import FovSample, eval_truth
 from .detections import Detections
 from .experiments import Experiment, load_predictions
 
-__all__ = ["evaluate_samples", "evaluate_plan", "TABLE1_COLUMNS", "table1", "table_s3", "table_s4", "table_s5",
+__all__ = ["evaluate_samples", "evaluate_plan", "in_table", "TABLES_SEPARATOR", "TABLE1_COLUMNS", "table1", "table_s3", "table_s4", "table_s5",
            "table_s6", "paper_vs_run", "truth_ceiling", "plot_training_curves", "plot_confusions", "plot_predictions",
            "PAPER_TABLE1", "PAPER_S5", "PAPER_S6_MEAN", "PAPER_S3"]
 
@@ -89,6 +89,7 @@ def evaluate_plan(plan: Sequence[Experiment], out_root: str | Path, truths: dict
             res = evaluate_samples(subset, preds)
             details[(exp.name, truth_name)] = res
             rows.append({"experiment": exp.name, "truth": truth_name, "fold": exp.fold, "config": exp.config,
+                         "tables": TABLES_SEPARATOR.join(exp.tables),
                          "training_data": exp.training_data, "level": exp.model.level,
                          "scale_factor": exp.model.scale_factor, "n_fovs": len(subset),
                          **{k: v for k, v in res.items() if np.isscalar(v)}})
@@ -98,6 +99,16 @@ def evaluate_plan(plan: Sequence[Experiment], out_root: str | Path, truths: dict
 # ---------------------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------------------
+#: How the ``tables`` column of :func:`evaluate_plan`'s rows joins an experiment's tables.
+TABLES_SEPARATOR = "; "
+
+
+def in_table(rows: pd.DataFrame, table: str) -> pd.Series:
+    """Which rows of :func:`evaluate_plan` come from experiments that feed ``table`` (e.g. ``'Table 1'``): the plan's
+    own record (:attr:`Experiment.tables <nucls_utils.model.experiments.Experiment>`), not the experiment names."""
+    return rows["tables"].map(lambda t: table in str(t).split(TABLES_SEPARATOR)).astype(bool)
+
+
 def _pct(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for k in TABLE1_COLUMNS:
@@ -113,8 +124,9 @@ def table1(rows: pd.DataFrame, truth: str, config: str = "3", training_data: str
     The mean is over folds 2-5 by default (fold 1 is the validation fold); for the P-truth half, over every fold
     that has P-truth FOVs except fold 1... unless only fold 1 exists, when the mean row is omitted.
     """
+    feeds = "Table 1" if training_data == "corrected" else "Table S6"
     sel = rows[(rows["truth"] == truth) & (rows["config"] == config) & (rows["training_data"] == training_data)
-               & rows["experiment"].str.match(rf"^(uncorrected_)?config{config}_fold\d+$")]
+               & in_table(rows, feeds)]
     sel = _pct(sel.sort_values("fold"))
     cols = [c for c in TABLE1_COLUMNS if c in sel]
     table = sel[["fold", *cols]].astype({"fold": object}).reset_index(drop=True)
@@ -136,7 +148,7 @@ def table1(rows: pd.DataFrame, truth: str, config: str = "3", training_data: str
 def table_s5(rows: pd.DataFrame, truth: str = "corrected") -> pd.DataFrame:
     """Table S5: classification ablations on fold 1, with the paper's values beside ours."""
     sel = rows[(rows["truth"] == truth) & (rows["fold"] == 1) & (rows["training_data"] == "corrected")
-               & rows["experiment"].str.match(r"^config\d_fold1$")]
+               & in_table(rows, "Table S5")]
     out = []
     desc = {"1": "near-vanilla Mask R-CNN (per-class boxes and NMS), hybrid training",
             "2": "class-agnostic boxes + global NMS on objectness",
@@ -162,7 +174,7 @@ def table_s3(rows: pd.DataFrame, stride: int) -> pd.DataFrame:
     """Table S3: AP@.5 on fold 1 by scale factor (ResNet-18), with input pixels per feature-map cell."""
     sel = rows[(rows["truth"] == "corrected") & (rows["fold"] == 1) & (rows["config"] == "3")
                & (rows["training_data"] == "corrected")
-               & rows["experiment"].str.match(r"^(sf[\d.]+|config3)_fold1$")].sort_values("scale_factor")
+               & in_table(rows, "Table S3")].sort_values("scale_factor")
     return pd.DataFrame({
         "scale factor": sel["scale_factor"].to_numpy(),
         "input px per feature cell": [round(stride / s, 1) for s in sel["scale_factor"]],
@@ -200,7 +212,7 @@ def table_s4(details: dict, experiments: Sequence[str], truth: str) -> pd.DataFr
 def table_s6(rows: pd.DataFrame) -> pd.DataFrame:
     """Table S6: trained on uncorrected vs corrected single-rater data, both tested on corrected data."""
     sel = rows[(rows["truth"] == "corrected") & (rows["config"] == "3")
-               & rows["experiment"].str.match(r"^(uncorrected_)?config3_fold\d+$")]
+               & (in_table(rows, "Table 1") | in_table(rows, "Table S6"))]
     folds = sorted(set(sel.loc[sel["training_data"] == "uncorrected", "fold"]))
     sel = _pct(sel[sel["fold"].isin(folds)])
     keys = [k for k in TABLE1_COLUMNS if k not in _COUNTS]
@@ -216,7 +228,7 @@ def paper_vs_run(table1_rows: pd.DataFrame, truth: str) -> pd.DataFrame:
     which = "corrected" if truth == "corrected" else "ptruth"
     sel = table1_rows[(table1_rows["truth"] == truth) & (table1_rows["config"] == "3")
                       & (table1_rows["training_data"] == "corrected")
-                      & table1_rows["experiment"].str.match(r"^config3_fold\d+$")]
+                      & in_table(table1_rows, "Table 1")]
     use = sel[sel["fold"] != 1] if (sel["fold"] != 1).any() else sel
     out = []
     for k, (pm, ps) in PAPER_TABLE1[which].items():
