@@ -213,6 +213,8 @@ PATH_LABELS=("$OUT=\$OUT" "$ROOT=\$REPO" "$VENV=\$VENV")
 [[ -d "$ROOT/../shared" ]] && PATH_LABELS+=("$(cd "$ROOT/../shared" && pwd)=\$SHARED")
 [[ -n "${HOME:-}" && "$HOME" != "/" ]] && PATH_LABELS+=("$HOME=~")
 RUN_T0=$(date +%s)
+# text progress bars in the executed notebooks: a widget bar keeps no state there (nucls_utils.progress)
+export NUCLS_PROGRESS=text
 # the shared trunk (and, cpu and smoke, detector) the models start from (nucls_utils.model.pretrain): built once,
 # then reused from data/
 # (only when a notebook that trains a model runs: 02 and 05; they would otherwise build it themselves)

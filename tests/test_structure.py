@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -87,3 +88,17 @@ def test_mypy_is_clean_on_evaluation_and_io():
                          text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:]
     assert "nucls_utils/evaluation" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_progress_bars_are_text_in_executed_notebooks_and_auto_elsewhere():
+    code = "from nucls_utils.progress import tqdm; print(tqdm.__module__)"
+    env = {k: v for k, v in os.environ.items() if k != "NUCLS_PROGRESS"}
+    auto = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                          env={**env, "NUCLS_PROGRESS": "text"})
+    assert text.stdout.strip() == "tqdm.std"
+    assert auto.stdout.strip() != "tqdm.std"  # tqdm.auto: widgets in a notebook kernel, else its async bar
+    offenders = [p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")
+                 if p.name != "progress.py" and "tqdm.auto" in _imports(p)]
+    assert not offenders  # every bar goes through nucls_utils.progress
+    assert "NUCLS_PROGRESS=text" in (ROOT / "run_all.sh").read_text()

@@ -319,7 +319,7 @@ def roster_spread(inputs: CalibrationInputs, n_rosters: int, *, model: CrowdMode
     calibrated crowd is whether the paper's value is a plausible roster of it, not whether one run's roster lands
     within a tolerance smaller than the rosters' own spread (the SD over 7 pathologists has a sampling SD of about a
     quarter of itself)."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     model = model or CrowdModel(GROUP_PRIORS)
     seeds = range(first_seed, first_seed + n_rosters)

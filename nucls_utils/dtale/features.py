@@ -225,7 +225,7 @@ def extract_interpretable_features(samples: Sequence, instance_maps: Mapping[str
     -------
     DataFrame with ``fov``, ``label``, ``n_pixels`` and the 62 features.
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     parts = []
     for s in tqdm(samples, desc="interpretable features", unit="fov", disable=not progress):

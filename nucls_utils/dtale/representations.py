@@ -60,9 +60,8 @@ def extract_representations(model, samples: Sequence, *, threshold: float = 0.5,
         Label ``k`` = the FOV's ``k``-th kept detection (decreasing score), painted in increasing score so the
         most confident mask is on top.
     """
-    from tqdm.auto import tqdm
-
     from ..model.inference import predict_fovs
+    from ..progress import tqdm
 
     rows, feats, maps = [], [], {}
     for s in tqdm(samples, desc="representations", unit="fov", disable=not progress):

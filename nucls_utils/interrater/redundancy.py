@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from nucls_utils.evaluation import f1_from_counts, mcc_from_counts, roc_auc_micro_macro
 from nucls_utils.interrater.agreement import NOT_ANNOTATED, UNDETECTED
+
+from ..progress import tqdm
 
 __all__ = ["encode_labels", "restrict_to_dense_fovs", "draw_np_subsets", "simulate_redundancy"]
 

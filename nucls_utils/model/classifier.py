@@ -36,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
 from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
 from ..profiles import stage_settings
+from ..progress import tqdm
 from .architecture import json_fields
 from .data import model_classes, samples_fingerprint, stain_augment
 from .detections import Detections

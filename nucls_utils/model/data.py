@@ -220,7 +220,7 @@ def load_fov_samples(records: Sequence, normalise: Callable[[np.ndarray], np.nda
     """
     iterator: Iterable = records
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         iterator = tqdm(records, desc="loading FOVs", unit="fov")
     out = []

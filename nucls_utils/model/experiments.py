@@ -346,7 +346,7 @@ def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | P
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     dflt_workers, dflt_threads = plan_parallelism(profile, kwargs.get("device"))
     workers = dflt_workers if workers is None else int(workers)

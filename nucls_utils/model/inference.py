@@ -29,8 +29,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from .detections import Detections
 
 __all__ = ["tile_starts", "core_bounds", "iter_tiles", "nms", "predict_tiled", "predict_fovs",

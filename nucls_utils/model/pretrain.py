@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
 from ..profiles import stage_settings
+from ..progress import tqdm
 
 __all__ = ["PretrainConfig", "PRETRAIN_PROFILES", "PRETRAIN_COHORT_SEED", "PRETRAIN_VERSION", "TOKEN_PREFIX",
            "pretrain_key", "pretrained_dir", "weights_token", "weights_path", "detector_path", "pretrain_detector",

@@ -73,7 +73,7 @@ def evaluate_plan(plan: Sequence[Experiment], out_root: str | Path, truths: dict
     rows : DataFrame, one row per (experiment, truth): experiment fields and every scalar metric (fractions).
     details : ``{(experiment, truth): full result dict}`` (matched pairs, per-class scores, confusion tables).
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     rows, details = [], {}
     for exp in tqdm(plan, desc="evaluating", disable=not progress):

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
 from ..profiles import stage_settings
+from ..progress import tqdm
 from .architecture import ModelConfig, NucleusMaskRCNN, build_model
 
 __all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
 from .. import taxonomy as tx
 from ..io.atomic import atomic_dir, terminate_raises
@@ -30,6 +29,7 @@ from ..io.dataset import FovRecord, Nucleus, validate_record, write_fov_files, w
 from ..io.manifest import read_manifest_json, verify_manifest, write_manifest
 from ..io.naming import FovName, format_fov_name
 from ..profiles import stage_settings
+from ..progress import tqdm
 from .calibration import FOV_RECT_SIDE_PX, HOSPITAL_SLIDE_COUNTS, POLYLINE_SHARE
 from .layout import REGION_CODES, REGION_NAMES, make_roi
 from .refiner import refine_image, refiner_info

@@ -105,9 +105,8 @@ def nucleus_table(records: Sequence[FovRecord], *, progress: bool = False, desc:
                   ) -> pd.DataFrame:
     """One row per annotated nucleus: ``fovname``, ``hospital``, ``nucleus_index``, ``raw_class``, box centre
     ``cx``, ``cy`` (px), ``n_pixels`` and the 62 Table S8 features (NaN where the mask is under 16 px)."""
-    from tqdm.auto import tqdm
-
     from ..dtale import hematoxylin_channel, nuclei_features
+    from ..progress import tqdm
 
     frames = []
     for r in tqdm(records, desc=desc, disable=not progress):
@@ -364,9 +363,8 @@ def bootstrap_detection(records: Sequence[FovRecord], *, progress: bool = False,
                         ) -> dict[str, float]:
     """Detection precision, recall and F1 (percent, IOU >= 0.5) of the heuristic bootstrap, run with one region per
     FOV (no region map), against the annotated boxes; ``N`` is the number of annotated nuclei."""
-    from tqdm.auto import tqdm
-
     from ..evaluation import DetectionCounts, detection_counts
+    from ..progress import tqdm
     from ..suggestions.heuristic import bootstrap_suggestions
 
     total = DetectionCounts(0, 0, 0)

@@ -236,7 +236,8 @@ def fit_refiner(synthetic: Sequence[tuple[np.ndarray, np.ndarray]], real: Sequen
     import pandas as pd
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
+
+    from ..progress import tqdm
 
     for name, items in (("synthetic", synthetic), ("real", real)):
         if not items:

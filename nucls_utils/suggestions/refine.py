@@ -27,11 +27,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..io.dataset import Nucleus
 from ..io.masks import rasterize_instances
 from ..profiles import stage_settings
+from ..progress import tqdm
 from .heuristic import instances_to_nuclei
 
 __all__ = ["SUGGESTION_CLASSES", "CLASS_AGNOSTIC", "RefinerConfig", "REFINER_PROFILES", "build_refiner",

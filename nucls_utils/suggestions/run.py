@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_dir
 from ..io.dataset import FovRecord, Nucleus
 from ..io.manifest import verify_manifest, write_manifest
+from ..progress import tqdm
 from .heuristic import HeuristicParams, bootstrap_suggestions
 from .refine import CLASS_AGNOSTIC, RefinerConfig, build_refiner, refine_fov, refiner_classes, train_refiner
 

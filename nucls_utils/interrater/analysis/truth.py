@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ... import taxonomy as tx
 from ...io.atomic import atomic_path
 from ...io.multirater import multirater_frame, read_multirater
+from ...progress import tqdm
 from ..accuracy import is_real
 from ..anchors import (
     NOT_ANNOTATED,
