@@ -300,11 +300,14 @@ def test_classification_loss_class_weights():
     deltas, reg = torch.randn(12, 8), torch.randn(12, 4)
     plain, _ = rh._detection_losses(logits, deltas, labels, reg)
     w = torch.tensor([1.0, 0.5, 2.0, 3.0, 1.0, 1.0, 1.0, 4.0, 1.0])
-    rh.class_weights = w
+    rh.set_class_weights(w)
     try:
         weighted, _ = rh._detection_losses(logits, deltas, labels, reg)
     finally:
-        rh.class_weights = None
+        rh.set_class_weights(None)
+    assert rh.class_weights is None
+    with pytest.raises(ValueError, match="needs 9 values"):
+        rh.set_class_weights(w[:4])
     keep = labels != AMB
     per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")
     expected = (per_row * w[labels[keep]]).sum() / w[labels[keep]].sum()

@@ -227,6 +227,17 @@ class NucleusRoIHeads(_roi_heads_base()):
         # train_model, not part of the architecture or of the saved weights
         self.class_weights: Tensor | None = None
 
+    def set_class_weights(self, weights) -> None:
+        """Weight the classification loss per label (background first, then the classes); None: unweighted."""
+        if weights is None:
+            self.class_weights = None
+            return
+        w = torch.as_tensor(weights, dtype=torch.float32, device=self.cls_score.weight.device).ravel()
+        n = self.cls_score.out_features
+        if w.numel() != n:
+            raise ValueError(f"class_weights needs {n} values (background + {n - 1} classes), got {w.numel()}")
+        self.class_weights = w
+
     # -- features -------------------------------------------------------------------------------------------
     def _features(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes):
         pooled = self.box_roi_pool(features, proposals, image_shapes)

@@ -196,11 +196,7 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     model = build_model(model_config).to(device)
-    if cw is not None:
-        if len(cw) != len(model_config.classes) + 1:
-            raise ValueError(f"class_weights needs {len(model_config.classes) + 1} values (background + "
-                             f"{len(model_config.classes)} classes), got {len(cw)}")
-        model.roi_heads.class_weights = torch.tensor(cw, dtype=torch.float32, device=device)
+    model.roi_heads.set_class_weights(cw)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     cfg = train_config
