@@ -89,19 +89,20 @@ def _model_rows():
     rows = []
     metrics = {k: None for k in rp.TABLE1_COLUMNS}
 
-    def add(name, fold, config, training_data="corrected", level="main", sf=1.0, truth="corrected"):
+    def add(name, fold, config, tables, training_data="corrected", level="main", sf=1.0, truth="corrected"):
         vals = {k: (int(rng.integers(50, 500)) if k.endswith("_n") else float(rng.uniform(0.3, 0.9))) for k in metrics}
-        rows.append({"experiment": name, "truth": truth, "fold": fold, "config": config,
+        rows.append({"experiment": name, "truth": truth, "fold": fold, "config": config, "tables": tables,
                      "training_data": training_data, "level": level, "scale_factor": sf, "n_fovs": 3, **vals})
 
     for f in (1, 2, 3):
-        add(f"config3_fold{f}", f, "3")
-        add(f"config3_fold{f}", f, "3", truth="ptruth")
-        add(f"uncorrected_config3_fold{f}", f, "3", training_data="uncorrected")
+        main = "Table 1; Table S5; Table S3" if f == 1 else "Table 1"
+        add(f"config3_fold{f}", f, "3", main)
+        add(f"config3_fold{f}", f, "3", main, truth="ptruth")
+        add(f"uncorrected_config3_fold{f}", f, "3", "Table S6", training_data="uncorrected")
     for c in ("1", "2", "4"):
-        add(f"config{c}_fold1", 1, c)
-    add("config6_fold1", 1, "6", level="super")
-    add("sf4_fold1", 1, "3", sf=4.0)
+        add(f"config{c}_fold1", 1, c, "Table S5")
+    add("config6_fold1", 1, "6", "Table S5", level="super")
+    add("sf4_fold1", 1, "3", "Table S3", sf=4.0)
     return pd.DataFrame(rows)
 
 
