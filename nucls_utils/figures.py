@@ -2,27 +2,38 @@
 what it shows and which package function draws or computes it; and the browsable supplement built from it.
 
 ``python -m nucls_utils.figures list`` prints name -> builder -> notebook -> caption for every entry;
-``python -m nucls_utils.figures supplement OUT`` writes ``OUT/supplement/index.html``: a gallery of the figures of a
+``python -m nucls_utils.figures make NAME [--out OUT]`` draws one figure again from the inputs its notebook stored,
+without running the notebook (seconds); ``python -m nucls_utils.figures supplement OUT`` writes ``OUT/supplement/index.html``: a gallery of the figures of a
 run (thumbnail, caption, notebook, builder, commit), its tables, each executed notebook's HTML and the run summary
 (time per notebook, profile, data). ``run_all.sh`` writes it after the last notebook.
 
-Where a figure is drawn by a plotting function of the package, ``builder`` names it; where a notebook still
-composes the figure itself from several calls, ``builder`` says ``notebook cell`` (a figure that can be rebuilt
-from stored results alone, without running its notebook, is the registry's next step; none is yet).
+Every figure is drawn by one plotting function of the package, its ``builder``. A notebook draws a figure with
+:func:`draw`, which stores the builder's arguments (typed, with :mod:`nucls_utils.io.bundle`) under
+``results/<dataset>/<notebook>/figure_inputs/<name>/``, calls the builder and saves the PNG and PDF; :func:`make`
+reads those stored inputs back and calls the same builder, so a figure can be restyled and redrawn without the
+computation behind it. A table's ``builder`` names the function that computes it, or ``notebook cell`` where the
+notebook composes it from several calls.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
+import inspect
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Artifact", "REGISTRY", "artifact", "names", "write_supplement", "SUPPLEMENT_INDEX"]
+__all__ = ["Artifact", "REGISTRY", "artifact", "names", "write_supplement", "SUPPLEMENT_INDEX", "draw", "make",
+           "builder_of", "inputs_dir", "FIGURE_INPUTS"]
 
 SUPPLEMENT_INDEX = "index.html"
+FIGURE_INPUTS = "figure_inputs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ _ENTRIES: list[tuple] = [
     ("figS2_suggestion_examples", _F, "02_suggestions", "Fig. S2", "bootstrap and refined suggestions on example FOVs",
      _PL + "plot_suggestion_examples"),
     ("figS4_suggestion_accuracy_per_fov", _F, "02_suggestions", "Fig. S4", "suggestion accuracy per FOV",
-     _PL + "plot_per_fov_comparison"),
+     _PL + "plot_suggestion_accuracy_per_fov"),
     ("tableS2_suggestion_accuracy", _T, "02_suggestions", "Table S2", "accuracy of the bootstrap and refined suggestions",
      "nucls_utils.suggestions.assess.suggestion_table"),
     ("nb02_paper_vs_run", _T, "02_suggestions", "", "suggestions: paper vs this run",
@@ -196,10 +207,10 @@ _ENTRIES: list[tuple] = [
      _RP + "truth_ceiling", True),
     # 07_dtale
     ("fig7bg_embedding", _F, "07_dtale", "Figs. 7b, 7g", "the model's representations, hyperbolic UMAP",
-     _DT + "plot_embedding"),
+     _DT + "plot_embedding_panels"),
     ("fig7d_simplified_tree", _F, "07_dtale", "Fig. 7d", "the regression tree, simplified", _DT + "plot_simplified_tree"),
     ("fig7ef_figS15_tree_overlay", _F, "07_dtale", "Figs. 7e-f, S15", "tree nodes over the embedding",
-     _DT + "plot_tree_overlay"),
+     _DT + "plot_tree_overlays"),
     ("figS14_lymphocyte_path", _F, "07_dtale", "Fig. S14", "the lymphocyte rule, step by step", _DT + "plot_step_by_step"),
     ("fig7_dtale_rules", _T, "07_dtale", "Fig. 7", "representative and discriminative rules of each class",
      _DT + "class_rules"),
@@ -236,6 +247,89 @@ def figure_metadata(name: str, commit: str) -> dict[str, str]:
         notebook, builder, title = "unregistered", "unregistered", name
     return {"Title": title, "Subject": f"NuCLS study {name}; notebook {notebook}; builder {builder}",
             "Keywords": f"commit {commit}", "Creator": "nucls_utils"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing a figure, and drawing it again from its stored inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def builder_of(name: str):
+    """The package function that draws the figure ``name``."""
+    a = artifact(name, "figure")
+    module, attr = a.builder.rsplit(".", 1)
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise LookupError(f"figure {name!r}: its builder {a.builder} is not a function of the package")
+    return fn
+
+
+def inputs_dir(stage_dir: str | os.PathLike[str], name: str) -> Path:
+    """Where a notebook's stage folder keeps the stored inputs of the figure ``name``."""
+    return Path(stage_dir) / FIGURE_INPUTS / name
+
+
+def _bind(name: str, fn, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    try:
+        return inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"figure {name!r}: the arguments do not fit its builder {fn.__module__}.{fn.__qualname__}: "
+                        f"{exc}") from None
+
+
+def draw(name: str, ctx: Any, *args: Any, **kwargs: Any):
+    """Draw the figure ``name`` with its registered builder, store the builder's arguments in the notebook's stage
+    folder (``ctx.stage_dir``) and save the PNG and PDF to ``ctx.figures_dir``; return the figure.
+
+    ``ctx`` is the notebook's :class:`nucls_utils.config.RunContext` (anything with ``stage_dir`` and
+    ``figures_dir``). The arguments are those of the builder, positional or by name."""
+    from .io.bundle import save_bundle
+    from .plotting import save_figure
+
+    a = artifact(name, "figure")
+    fn = builder_of(name)
+    bound = _bind(name, fn, args, kwargs)
+    save_bundle(inputs_dir(ctx.stage_dir, name), dict(bound.arguments),
+                meta={"figure": name, "builder": a.builder, "notebook": a.notebook})
+    fig = fn(*bound.args, **bound.kwargs)
+    save_figure(fig, name, ctx.figures_dir)
+    return fig
+
+
+def stored_inputs(name: str, out: str | os.PathLike[str] = REPO_ROOT, dataset: str | None = None) -> Path:
+    """The folder holding the stored inputs of figure ``name`` in the run under ``out``."""
+    a = artifact(name, "figure")
+    found = sorted((Path(out) / "results").glob(f"*/{a.notebook}/{FIGURE_INPUTS}/{name}"))
+    if dataset is not None:
+        found = [p for p in found if p.parents[2].name == dataset]
+    if not found:
+        where = Path(out) / "results" / (dataset or "<dataset>") / a.notebook / FIGURE_INPUTS / name
+        raise FileNotFoundError(f"figure {name!r}: no stored inputs at {where}; run notebook {a.notebook} first "
+                                f"(./run_all.sh --out {out})")
+    if len(found) > 1:
+        raise ValueError(f"figure {name!r}: stored for several datasets ({', '.join(p.parents[2].name for p in found)});"
+                         " say which with dataset= (--dataset)")
+    return found[0]
+
+
+def make(name: str, out: str | os.PathLike[str] = REPO_ROOT, dataset: str | None = None,
+         figures_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """Draw the figure ``name`` again from the inputs its notebook stored in the run under ``out`` (no notebook
+    runs) and save it to ``figures_dir`` (default ``out/figures``); return the PNG and PDF paths."""
+    import matplotlib.pyplot as plt
+
+    from .io.bundle import load_bundle
+    from .plotting import save_figure, set_style
+
+    set_style()  # as every notebook does first
+    folder = stored_inputs(name, out, dataset)
+    fn = builder_of(name)
+    arguments = load_bundle(folder)
+    bound = inspect.BoundArguments(inspect.signature(fn), arguments)
+    fig = fn(*bound.args, **bound.kwargs)
+    try:
+        return save_figure(fig, name, Path(figures_dir) if figures_dir else Path(out) / "figures")
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,6 +451,12 @@ def _main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     lst = sub.add_parser("list", help="print every figure and table: name -> builder -> notebook -> caption")
     lst.add_argument("--kind", choices=("figure", "table"))
+    mk = sub.add_parser("make", help="draw figures again from the inputs their notebooks stored")
+    mk.add_argument("names", nargs="*", help="figure names (see list); none with --all")
+    mk.add_argument("--all", action="store_true", help="every figure whose inputs the run stored")
+    mk.add_argument("--out", default=str(REPO_ROOT), help="the run's output folder (run_all.sh --out)")
+    mk.add_argument("--dataset", help="the dataset's name, where the run holds several")
+    mk.add_argument("--figures-dir", help="where to write (default OUT/figures)")
     sp = sub.add_parser("supplement", help="write OUT/supplement/index.html")
     sp.add_argument("out", help="the run's output folder (run_all.sh --out; default the repository)")
     args = ap.parse_args(argv)
@@ -364,6 +464,22 @@ def _main(argv: list[str] | None = None) -> int:
         for a in REGISTRY:
             if args.kind in (None, a.kind):
                 print(f"{a.kind:6} {a.name:36} -> {a.builder:58} -> {a.notebook:17} {a.paper}: {a.caption}")
+        return 0
+    if args.command == "make":
+        wanted = list(args.names)
+        if args.all:
+            wanted += [n for n in names("figure") if n not in wanted
+                       and list((Path(args.out) / "results").glob(f"*/*/{FIGURE_INPUTS}/{n}"))]
+        if not wanted:
+            ap.error("make: name a figure or give --all")
+        for name in wanted:
+            t0 = time.perf_counter()
+            try:
+                png, _ = make(name, args.out, args.dataset, args.figures_dir)
+            except (KeyError, LookupError, FileNotFoundError, ValueError) as exc:
+                print(f"{name}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{name}: {png} + .pdf ({time.perf_counter() - t0:.1f} s)")
         return 0
     page = write_supplement(args.out)
     print(f"supplement: {page}")

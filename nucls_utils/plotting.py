@@ -15,7 +15,7 @@ from .summary import COCO_REFERENCE, COCO_SIZE_BINS_PX
 
 __all__ = ["set_style", "save_figure", "plot_instances_and_sizes", "plot_class_by_fold", "plot_class_counts",
            "plot_fov_gallery", "plot_ground_truth_overlay", "plot_stain_ranges", "plot_suggestion_examples",
-           "plot_per_fov_comparison", "plot_training_loss", "plot_realism_report", "plot_real_vs_synthetic_grid"]
+           "plot_per_fov_comparison", "plot_suggestion_accuracy_per_fov", "plot_training_loss", "plot_realism_report", "plot_real_vs_synthetic_grid"]
 
 
 def set_style() -> None:
@@ -270,6 +270,23 @@ def plot_per_fov_comparison(a: pd.Series, b: pd.Series, label_a: str, label_b: s
     ax.set_title(f"{quantity} per FOV ({label_b} better in {better:.0f} % of FOVs)", fontsize=9)
     ax.set_xlabel(f"{label_a}")
     ax.set_ylabel(f"{label_b}")
+    return fig
+
+
+def plot_suggestion_accuracy_per_fov(scores: dict[str, pd.DataFrame], panels: list[tuple[str, str, str, str, str, str]]
+                                     ) -> plt.Figure:
+    """Figure S4: per-FOV scores of two suggestion sets side by side, one panel per
+    ``(column, set a, set b, label a, label b, title)`` of ``panels``; ``scores`` maps a set's name to its per-FOV
+    table (:func:`nucls_utils.suggestions.per_fov_scores`). A score that is not defined for either set (no matched
+    suggestion with a class) is said so in its panel rather than drawn."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4.3), squeeze=False)
+    for ax, (col, a, b, label_a, label_b, title) in zip(axes[0], panels, strict=True):
+        if scores[a][col].notna().any() and scores[b][col].notna().any():
+            plot_per_fov_comparison(scores[a][col], scores[b][col], label_a, label_b, title, ax)
+        else:
+            ax.text(0.5, 0.5, f"{title}\nnot defined: no matched suggestion\nwith a class", ha="center",
+                    transform=ax.transAxes)
+    fig.tight_layout()
     return fig
 
 

@@ -15,8 +15,8 @@ from .rules import Rule, decision_path
 from .tree import _membership, _parents_depths, node_embedding_means, node_members
 
 __all__ = [
-    "plot_embedding", "plot_node_members", "plot_simplified_tree", "plot_step_by_step",
-    "plot_tree_overlay",
+    "plot_embedding", "plot_embedding_panels", "plot_node_members", "plot_simplified_tree", "plot_step_by_step",
+    "plot_tree_overlay", "plot_tree_overlays",
 ]
 
 
@@ -257,4 +257,30 @@ def plot_simplified_tree(tree, nodes: Mapping[str, int] | None = None, *, featur
     ax.set_ylim(-max(depth[keep]) - 1.0, 0.4)
     ax.axis("off")
     ax.set_title(title)
+    return fig
+
+
+def plot_embedding_panels(embedding: np.ndarray, predicted, truth):
+    """Figures 7b and 7g: the embedding coloured by the model's super-class prediction and by the matched true
+    class (``truth``: 'unmatched' where a detection matched no true nucleus)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    plot_embedding(embedding, predicted, ax=axes[0], title="7b. coloured by NuCLS prediction (super-class)")
+    plot_embedding(embedding, truth, ax=axes[1], title="7g. coloured by the matched true class")
+    return fig
+
+
+def plot_tree_overlays(tree, X, embedding: np.ndarray, discriminative: Mapping[str, int],
+                       representative: Mapping[str, int], labels):
+    """Figures 7e, 7f and S15: the tree's discriminative paths over the embedding, the nuclei in the
+    discriminative nodes, and the representative (best-F1) paths."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    plot_tree_overlay(tree, X, embedding, highlight=discriminative, labels=labels, ax=axes[0],
+                      title="7e. tree on the embedding, discriminative paths")
+    plot_node_members(tree, X, embedding, discriminative, ax=axes[1], title="7f. nuclei in the discriminative nodes")
+    plot_tree_overlay(tree, X, embedding, highlight=representative, labels=labels, ax=axes[2],
+                      title="S15. representative (best F1) paths")
     return fig
