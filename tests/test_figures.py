@@ -76,6 +76,80 @@ def test_saved_figures_carry_builder_notebook_and_commit(tmp_path):
     assert b"plot_np_label_roc" in raw and b"CreationDate" not in raw
 
 
+def _history() -> "pd.DataFrame":
+    import numpy as np
+    import pandas as pd
+
+    it = np.arange(1, 61)
+    return pd.DataFrame({"iteration": it, "loss": 2.0 / np.sqrt(it), "loss_box": 1.0 / np.sqrt(it)})
+
+
+def test_draw_stores_the_inputs_and_make_redraws_the_same_figure(tmp_path):
+    """``figures.draw`` in a notebook, then ``figures make`` from the stored inputs alone: the same picture."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from nucls_utils.io.bundle import bundle_meta, load_bundle
+    from nucls_utils.plotting import set_style
+
+    set_style()
+    stage = tmp_path / "results" / "synthetic_smoke" / "02_suggestions"
+    ctx = SimpleNamespace(stage_dir=stage, figures_dir=tmp_path / "figures")
+    fig = figures.draw("figS2_refinement_training", ctx, _history(), title="a title")
+    plt.close(fig)
+    stored = figures.inputs_dir(stage, "figS2_refinement_training")
+    assert bundle_meta(stored)["builder"] == "nucls_utils.plotting.plot_training_loss"
+    args = load_bundle(stored)
+    assert set(args) == {"history", "title"} and args["title"] == "a title" and len(args["history"]) == 60
+
+    png, pdf = figures.make("figS2_refinement_training", tmp_path, figures_dir=tmp_path / "again")
+    first, again = plt.imread(tmp_path / "figures" / png.name), plt.imread(png)
+    assert first.shape == again.shape and np.array_equal(first, again)
+    assert pdf.read_bytes() == (tmp_path / "figures" / pdf.name).read_bytes()
+
+    # the command line: the same, into the run's figures folder, and --all finds every stored figure
+    (tmp_path / "figures" / png.name).unlink()
+    assert figures._main(["make", "--all", "--out", str(tmp_path)]) == 0
+    assert np.array_equal(plt.imread(tmp_path / "figures" / png.name), first)
+
+
+def test_draw_and_make_reject_what_does_not_fit(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(stage_dir=tmp_path / "results" / "d" / "02_suggestions", figures_dir=tmp_path / "figures")
+    with pytest.raises(TypeError, match="figS2_refinement_training.*plot_training_loss"):
+        figures.draw("figS2_refinement_training", ctx, _history(), no_such_argument=1)
+    assert not (tmp_path / "figures").exists() and not ctx.stage_dir.exists()
+    with pytest.raises(KeyError, match="no figure or table called"):
+        figures.draw("fig99_nothing", ctx)
+    with pytest.raises(FileNotFoundError, match="run notebook 03_agreement first"):
+        figures.make("fig3d_mds_kappa", tmp_path)
+    assert figures._main(["make", "fig3d_mds_kappa", "--out", str(tmp_path)]) == 1
+    assert "no stored inputs" in capsys.readouterr().err
+    for ds in ("a", "b"):
+        figures.draw("figS2_refinement_training",
+                     SimpleNamespace(stage_dir=tmp_path / "results" / ds / "02_suggestions",
+                                     figures_dir=tmp_path / "figures"), _history())
+    with pytest.raises(ValueError, match="several datasets"):
+        figures.make("figS2_refinement_training", tmp_path)
+    assert figures.make("figS2_refinement_training", tmp_path, dataset="b")[0].is_file()
+
+
+def test_every_figure_builder_returns_a_figure_it_draws_itself():
+    """A registered figure builder takes no axes to draw into: what ``make`` calls must make the whole figure."""
+    import inspect
+
+    for a in figures.REGISTRY:
+        if a.kind == "figure":
+            params = inspect.signature(figures.builder_of(a.name)).parameters
+            assert all(params[p].default is None for p in ("ax", "axes") if p in params), a.builder
+
+
 class _Links(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()

@@ -34,8 +34,8 @@ def _truth(tmp_path):
 
 def test_ptruth_drops_non_nuclei_and_oversized_anchors_and_crops_to_the_fov(tmp_path):
     root = _truth(tmp_path)
-    (s,) = load_ptruth_samples(root / "truth_E.csv", root / "rgb", fov_locations=root / "ALL_FOV_LOCATIONS.csv",
-                               normalise=False)
+    (s,) = load_ptruth_samples(pd.read_csv(root / "truth_E.csv"), root / "rgb",
+                               fov_locations=root / "ALL_FOV_LOCATIONS.csv", normalise=False)
     assert s.rgb.shape == (200, 200, 3) and s.origin == (5, 5)
     # undetected, no P-truth (NaN) and the 150 px anchor are gone; the edge box is clipped to 10 x 10 (kept, > 8)
     assert list(s.classes) == ["tumor_nonMitotic", "lymphocyte", "AMBIGUOUS", "plasma_cell"]
@@ -137,3 +137,14 @@ def test_load_plan_names_the_missing_or_bad_file(tmp_path):
     (tmp_path / ex.PLAN_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         ex.load_plan(tmp_path)
+
+
+def test_ptruth_errors_name_the_stored_table(tmp_path):
+    root = _truth(tmp_path)
+    truth = pd.read_csv(root / "truth_E.csv")
+    with pytest.raises(ValueError, match=r"03_agreement/truth_E.csv: missing column\(s\) \['EM_inferred_label_Ps'\]"):
+        load_ptruth_samples(truth.drop(columns="EM_inferred_label_Ps"), root / "rgb",
+                            source="03_agreement/truth_E.csv")
+    (root / "rgb" / f"{FOV}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"03_agreement/truth_E.csv: FOV {FOV} has no image"):
+        load_ptruth_samples(truth, root / "rgb", source="03_agreement/truth_E.csv")

@@ -69,30 +69,32 @@ def load_singlerater(paths: dict[str, Path], *, normalise: bool = True, progress
     return {k: load_fov_samples(read_dataset(p), normalise=norm, progress=progress) for k, p in paths.items()}
 
 
-def load_ptruth_samples(truth_csv: str | os.PathLike[str], rgb_dir: str | os.PathLike[str], *,
-                        fov_locations: str | os.PathLike[str] | None = None, normalise: bool = True
-                        ) -> list[FovSample]:
+def load_ptruth_samples(truth: pd.DataFrame, rgb_dir: str | os.PathLike[str], *,
+                        fov_locations: str | os.PathLike[str] | None = None, normalise: bool = True,
+                        source: str = "the truth table") -> list[FovSample]:
     """The P-truth of one multi-rater set as :class:`FovSample` objects (boxes only, ``ismask`` False).
 
     Parameters
     ----------
-    truth_csv : notebook 03's ``truth_<set>.csv`` (one row per anchor, ``EM_inferred_label_Ps`` raw P-truth).
+    truth : one set's truth table as notebook 03 stored it (``TruthTables.truth[set]`` of
+        :func:`nucls_utils.interrater.analysis.read_truth_tables`: one row per anchor, ``EM_inferred_label_Ps`` the
+        raw P-truth).
     rgb_dir : the set's ``rgb/`` folder (``<fovname>.png``).
     fov_locations : optional ``ALL_FOV_LOCATIONS.csv`` giving the FOV rectangle inside each RGB.
+    source : what to call the table in an error message (its file).
     """
     from PIL import Image
 
-    truth = pd.read_csv(truth_csv)
     need = {"fovname", "xmin", "ymin", "xmax", "ymax", "EM_inferred_label_Ps"}
     missing = need - set(truth.columns)
     if missing:
-        raise ValueError(f"{truth_csv}: missing column(s) {sorted(missing)}")
+        raise ValueError(f"{source}: missing column(s) {sorted(missing)}")
     rects = read_fov_locations(fov_locations) if fov_locations and Path(fov_locations).is_file() else {}
     out = []
     for fov, rows in truth.groupby("fovname", sort=True):
         path = Path(rgb_dir) / f"{fov}.png"
         if not path.is_file():
-            raise FileNotFoundError(f"{truth_csv}: FOV {fov} has no image {path}")
+            raise FileNotFoundError(f"{source}: FOV {fov} has no image {path}")
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
         if normalise:
@@ -150,7 +152,7 @@ class ModelInputs:
 def load_model_inputs(ctx, *, normalise: bool = True, evalset: str = "E", progress: bool = True) -> ModelInputs:
     """Load the inputs of notebooks 05/06 for a run context (:func:`nucls_utils.config.start_run`)."""
     from ..interrater.analysis import STAGE as AGREEMENT_STAGE
-    from ..interrater.analysis import locate_multirater
+    from ..interrater.analysis import locate_multirater, read_truth_tables
 
     notes = []
     paths = locate_singlerater(ctx.data.mode, ctx.data.path, ctx.results_dir, ctx.data.name)
@@ -159,15 +161,17 @@ def load_model_inputs(ctx, *, normalise: bool = True, evalset: str = "E", progre
     samples = load_singlerater(paths, normalise=normalise, progress=progress)
     assignment = read_fold_assignment(ctx.results_dir, ctx.data.name)
     ptruth = None
-    truth_csv = ctx.results_dir / ctx.data.name / AGREEMENT_STAGE / f"truth_{evalset}.csv"
+    agreement = ctx.results_dir / ctx.data.name / AGREEMENT_STAGE
+    tt = read_truth_tables(agreement)
     study = locate_multirater(ctx.data.mode, ctx.data.path, ctx.results_dir, ctx.data.name)
     rgb_dir = None if study is None else next((p for p in (study / "multirater" / evalset / "rgb",
                                                            study / evalset / "rgb") if p.is_dir()), None)
-    if truth_csv.is_file() and rgb_dir is not None:
-        ptruth = load_ptruth_samples(truth_csv, rgb_dir, fov_locations=paths["corrected"] / "ALL_FOV_LOCATIONS.csv",
-                                     normalise=normalise)
+    if tt is not None and evalset in tt.truth and rgb_dir is not None:
+        ptruth = load_ptruth_samples(tt.truth[evalset], rgb_dir,
+                                     fov_locations=paths["corrected"] / "ALL_FOV_LOCATIONS.csv", normalise=normalise,
+                                     source=f"{AGREEMENT_STAGE}/truth_{evalset}.csv")
     else:
-        notes.append(f"no P-truth for the {evalset} set (needs notebook 03's {truth_csv.name} and the set's "
+        notes.append(f"no P-truth for the {evalset} set (needs notebook 03's truth tables and the set's "
                      "images): the bottom half of Table 1 cannot be computed")
     generator = None
     if ctx.data.mode == "synthetic":
