@@ -50,10 +50,13 @@ class Artifact:
     optional: bool = False  # written only when its inputs exist (e.g. the core-set metadata)
 
 
-_IP = "nucls_utils.interrater.plots."
-_PL = "nucls_utils.plotting."
+_IP = "nucls_utils.plots.agreement."
+_PL = "nucls_utils.plots.dataset."
+_SG = "nucls_utils.plots.suggestions."
 _RP = "nucls_utils.model.report."
+_MP = "nucls_utils.plots.model."
 _DT = "nucls_utils.dtale."
+_DP = "nucls_utils.plots.dtale."
 
 _F, _T = "figure", "table"
 _ENTRIES: list[tuple] = [
@@ -98,11 +101,11 @@ _ENTRIES: list[tuple] = [
     ("nb01_paper_vs_run", _T, "01_data_prep", "", "dataset numbers: paper vs this run", "nucls_utils.summary.paper_vs_run"),
     # 02_suggestions
     ("figS2_refinement_training", _F, "02_suggestions", "Fig. S2", "the refinement model's training loss",
-     _PL + "plot_training_loss"),
+     _SG + "plot_training_loss"),
     ("figS2_suggestion_examples", _F, "02_suggestions", "Fig. S2", "bootstrap and refined suggestions on example FOVs",
-     _PL + "plot_suggestion_examples"),
+     _SG + "plot_suggestion_examples"),
     ("figS4_suggestion_accuracy_per_fov", _F, "02_suggestions", "Fig. S4", "suggestion accuracy per FOV",
-     _PL + "plot_suggestion_accuracy_per_fov"),
+     _SG + "plot_suggestion_accuracy_per_fov"),
     ("tableS2_suggestion_accuracy", _T, "02_suggestions", "Table S2", "accuracy of the bootstrap and refined suggestions",
      "nucls_utils.suggestions.assess.suggestion_table"),
     ("nb02_paper_vs_run", _T, "02_suggestions", "", "suggestions: paper vs this run",
@@ -185,13 +188,13 @@ _ENTRIES: list[tuple] = [
      "nucls_utils.interrater.analysis.redundancy_paper_vs_run"),
     # 05_training
     ("figS10_training_curves", _F, "05_training", "Fig. S10", "training losses and validation AP of config 3, fold 1",
-     _RP + "plot_training_curves"),
+     _MP + "plot_training_curves"),
     ("tableS7_hyperparameters", _T, "05_training", "Table S7", "hyperparameters of this profile and the paper's"),
     # 06_evaluation
     ("fig6d_predictions", _F, "06_evaluation", "Fig. 6d", "predicted boundaries coloured by class on test FOVs",
-     _RP + "plot_predictions"),
-    ("figS11_confusion_main", _F, "06_evaluation", "Fig. S11", "confusion of the main classes", _RP + "plot_confusions"),
-    ("figS11_confusion_super", _F, "06_evaluation", "Fig. S11", "confusion of the super-classes", _RP + "plot_confusions"),
+     _MP + "plot_predictions"),
+    ("figS11_confusion_main", _F, "06_evaluation", "Fig. S11", "confusion of the main classes", _MP + "plot_confusions"),
+    ("figS11_confusion_super", _F, "06_evaluation", "Fig. S11", "confusion of the super-classes", _MP + "plot_confusions"),
     ("table1_corrected_singlerater", _T, "06_evaluation", "Table 1", "the NuCLS model on the corrected single-rater data",
      _RP + "table1"),
     ("table1_ptruth_E", _T, "06_evaluation", "Table 1", "the NuCLS model against the pathologists' truth", _RP + "table1"),
@@ -207,11 +210,11 @@ _ENTRIES: list[tuple] = [
      _RP + "truth_ceiling", True),
     # 07_dtale
     ("fig7bg_embedding", _F, "07_dtale", "Figs. 7b, 7g", "the model's representations, hyperbolic UMAP",
-     _DT + "plot_embedding_panels"),
-    ("fig7d_simplified_tree", _F, "07_dtale", "Fig. 7d", "the regression tree, simplified", _DT + "plot_simplified_tree"),
+     _DP + "plot_embedding_panels"),
+    ("fig7d_simplified_tree", _F, "07_dtale", "Fig. 7d", "the regression tree, simplified", _DP + "plot_simplified_tree"),
     ("fig7ef_figS15_tree_overlay", _F, "07_dtale", "Figs. 7e-f, S15", "tree nodes over the embedding",
-     _DT + "plot_tree_overlays"),
-    ("figS14_lymphocyte_path", _F, "07_dtale", "Fig. S14", "the lymphocyte rule, step by step", _DT + "plot_step_by_step"),
+     _DP + "plot_tree_overlays"),
+    ("figS14_lymphocyte_path", _F, "07_dtale", "Fig. S14", "the lymphocyte rule, step by step", _DP + "plot_step_by_step"),
     ("fig7_dtale_rules", _T, "07_dtale", "Fig. 7", "representative and discriminative rules of each class",
      _DT + "class_rules"),
     ("nb07_paper_vs_run", _T, "07_dtale", "", "DTALE: paper vs this run", _DT + "paper_vs_run"),
@@ -283,7 +286,7 @@ def draw(name: str, ctx: Any, *args: Any, **kwargs: Any):
     ``ctx`` is the notebook's :class:`nucls_utils.config.RunContext` (anything with ``stage_dir`` and
     ``figures_dir``). The arguments are those of the builder, positional or by name."""
     from .io.bundle import save_bundle
-    from .plotting import save_figure
+    from .plots import save_figure
 
     a = artifact(name, "figure")
     fn = builder_of(name)
@@ -318,7 +321,7 @@ def make(name: str, out: str | os.PathLike[str] = REPO_ROOT, dataset: str | None
     import matplotlib.pyplot as plt
 
     from .io.bundle import load_bundle
-    from .plotting import save_figure, set_style
+    from .plots import save_figure, set_style
 
     set_style()  # as every notebook does first
     folder = stored_inputs(name, out, dataset)

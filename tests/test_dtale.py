@@ -336,20 +336,25 @@ def test_embed_poincare_disk():
 def test_plots(planted_fit):
     import matplotlib.pyplot as plt
 
+    from nucls_utils.plots import dtale as P
+
     X, emb, cls, tree, stats = planted_fit
     rep = D.best_nodes(stats, "f1")["node"].astype(int).to_dict()
     disc = D.best_nodes(stats, "precision")["node"].astype(int).to_dict()
     labels = pd.Series(cls, dtype=object)
     labels[::50] = np.nan
     figs = [
-        D.plot_embedding(emb, labels, title="b"),
-        D.plot_tree_overlay(tree, X, emb, highlight=disc, labels=cls),
-        D.plot_node_members(tree, X, emb, disc),
-        D.plot_step_by_step(tree, X, emb, disc["lymphocyte"], cls, "lymphocyte",
+        P.plot_embedding(emb, labels, title="b"),
+        P.plot_tree_overlay(tree, X, emb, highlight=disc, labels=cls),
+        P.plot_node_members(tree, X, emb, disc),
+        P.plot_step_by_step(tree, X, emb, disc["lymphocyte"], cls, "lymphocyte",
                             mark={"representative": rep["lymphocyte"], "discriminative": disc["lymphocyte"]}),
-        D.plot_simplified_tree(tree, {f"{c} (F1)": n for c, n in rep.items()}
+        P.plot_simplified_tree(tree, {f"{c} (F1)": n for c, n in rep.items()}
                                | {f"{c} (P)": n for c, n in disc.items()}, stats=stats),
-        D.plot_simplified_tree(tree, max_depth=2),
+        P.plot_simplified_tree(tree, max_depth=2),
+        # the composed figures the registry names (7b/g; 7e/f/S15)
+        P.plot_embedding_panels(emb, labels, pd.Series(cls, dtype=object)),
+        P.plot_tree_overlays(tree, X, emb, disc, rep, cls),
     ]
     for fig in figs:
         assert isinstance(fig, plt.Figure)

@@ -62,21 +62,21 @@ def test_saved_figures_carry_builder_notebook_and_commit(tmp_path):
     from PIL import Image
 
     from nucls_utils.config import git_commit
-    from nucls_utils.plotting import save_figure
+    from nucls_utils.plots import save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     png, pdf = save_figure(fig, "fig3b_np_label_roc", tmp_path)
     plt.close(fig)
     text = Image.open(png).text
-    assert "nucls_utils.interrater.plots.plot_np_label_roc" in text["Description"]
+    assert "nucls_utils.plots.agreement.plot_np_label_roc" in text["Description"]
     assert "notebook 03_agreement" in text["Description"]
     assert text["Source"] == f"commit {git_commit()}"
     raw = pdf.read_bytes()
     assert b"plot_np_label_roc" in raw and b"CreationDate" not in raw
 
 
-def _history() -> "pd.DataFrame":
+def _history():
     import numpy as np
     import pandas as pd
 
@@ -95,7 +95,7 @@ def test_draw_stores_the_inputs_and_make_redraws_the_same_figure(tmp_path):
     import numpy as np
 
     from nucls_utils.io.bundle import bundle_meta, load_bundle
-    from nucls_utils.plotting import set_style
+    from nucls_utils.plots import set_style
 
     set_style()
     stage = tmp_path / "results" / "synthetic_smoke" / "02_suggestions"
@@ -103,7 +103,7 @@ def test_draw_stores_the_inputs_and_make_redraws_the_same_figure(tmp_path):
     fig = figures.draw("figS2_refinement_training", ctx, _history(), title="a title")
     plt.close(fig)
     stored = figures.inputs_dir(stage, "figS2_refinement_training")
-    assert bundle_meta(stored)["builder"] == "nucls_utils.plotting.plot_training_loss"
+    assert bundle_meta(stored)["builder"] == "nucls_utils.plots.suggestions.plot_training_loss"
     args = load_bundle(stored)
     assert set(args) == {"history", "title"} and args["title"] == "a title" and len(args["history"]) == 60
 
@@ -131,10 +131,12 @@ def test_draw_and_make_reject_what_does_not_fit(tmp_path, capsys):
         figures.make("fig3d_mds_kappa", tmp_path)
     assert figures._main(["make", "fig3d_mds_kappa", "--out", str(tmp_path)]) == 1
     assert "no stored inputs" in capsys.readouterr().err
+    import matplotlib.pyplot as plt
+
     for ds in ("a", "b"):
-        figures.draw("figS2_refinement_training",
-                     SimpleNamespace(stage_dir=tmp_path / "results" / ds / "02_suggestions",
-                                     figures_dir=tmp_path / "figures"), _history())
+        plt.close(figures.draw("figS2_refinement_training",
+                               SimpleNamespace(stage_dir=tmp_path / "results" / ds / "02_suggestions",
+                                               figures_dir=tmp_path / "figures"), _history()))
     with pytest.raises(ValueError, match="several datasets"):
         figures.make("figS2_refinement_training", tmp_path)
     assert figures.make("figS2_refinement_training", tmp_path, dataset="b")[0].is_file()
@@ -168,7 +170,7 @@ def _fake_run(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nucls_utils.plotting import save_figure
+    from nucls_utils.plots import save_figure
 
     for sub in ("figures", "tables", "supplement"):
         (out / sub).mkdir(parents=True)

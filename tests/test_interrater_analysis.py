@@ -296,11 +296,11 @@ def test_paper_vs_run_formatting():
 def test_figures_render(inferred):
     import matplotlib.pyplot as plt
 
-    from nucls_utils import plotting
-    from nucls_utils.interrater import plots as ip
+    from nucls_utils import plots
+    from nucls_utils.plots import agreement as ip
 
     s, truth, tt, records = inferred
-    plotting.set_style()
+    plots.set_style()
     acc = an.accuracy_by_set(tt)
     rocs = {lv: an.np_label_roc_table(tt, "E", lv) for lv in ("main", "super")}
     pairs = an.kappa_pairs(tt, modes=("classification",))

@@ -222,6 +222,21 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
             assert str(REPO) not in text and str(out) not in text, page.name
             assert "TqdmWarning" not in text, page.name
 
+    # every figure can be drawn again from the inputs its notebook stored, without running it: the same picture
+    remade = tmp_path / "remade"
+    proc_make = subprocess.run([str(_venv_python()), "-m", "nucls_utils.figures", "make", "--all", "--out", str(out),
+                                "--figures-dir", str(remade)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc_make.returncode == 0, proc_make.stderr[-3000:]
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    drawn = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert sorted(p.name for p in remade.glob("*.png")) == drawn
+    for name in drawn:
+        assert np.array_equal(plt.imread(out / "figures" / name), plt.imread(remade / name)), name
+        pdf = name.removesuffix(".png") + ".pdf"
+        assert (out / "figures" / pdf).read_bytes() == (remade / pdf).read_bytes(), pdf
+
     # a re-run with nothing changed executes nothing and rewrites nothing
     tables_before = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "tables").iterdir()}

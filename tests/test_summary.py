@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 
 from nucls_utils import io as nio
-from nucls_utils import plotting, summary
+from nucls_utils import summary
+from nucls_utils.plots import dataset as plotting
+from nucls_utils.plots import save_figure
 
 
 def test_summaries_on_real_sample(sample_dir, tmp_path):
@@ -29,7 +31,7 @@ def test_summaries_on_real_sample(sample_dir, tmp_path):
     area = records[0].image_shape[0] * records[0].image_shape[1]
     np.testing.assert_allclose(sizes["percent_of_fov"].iloc[i], 100 * ann["area_px"].iloc[i] / area)
     fig = plotting.plot_instances_and_sizes(per, sizes)
-    png, pdf = plotting.save_figure(fig, "figS9_test", tmp_path)
+    png, pdf = save_figure(fig, "figS9_test", tmp_path)
     assert png.stat().st_size > 10_000 and pdf.stat().st_size > 5_000
 
 

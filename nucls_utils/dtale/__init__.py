@@ -2,7 +2,7 @@
 
 The package's modules: :mod:`.representations` (step 1), :mod:`.features` (step 2 and Table S8), :mod:`.tree`
 (steps 3 and 4), :mod:`.rules` (decision paths, each class's rules, the paper-vs-run table, plausibility checks) and
-:mod:`.plots` (the figures); every name is importable from the package itself.
+the figures are in :mod:`nucls_utils.plots.dtale`; every name is importable from the package itself.
 
 The four steps of the paper's Methods, one function each:
 
@@ -48,10 +48,10 @@ Decisions (the paper and the reference code leave them open; notes 2h):
 
 from __future__ import annotations
 
-from . import features, plots, representations, rules, tree
+from . import features, representations, rules, tree
 
 #: The package's modules, in reading order; every public name of each is a name of the package.
-_MODULES = (representations, features, tree, rules, plots)
+_MODULES = (representations, features, tree, rules)
 for _module in _MODULES:
     globals().update({_name: getattr(_module, _name) for _name in _module.__all__})
 __all__ = [_name for _module in _MODULES for _name in _module.__all__]

@@ -83,7 +83,7 @@ class _Writer:
         if not ok:
             path.unlink(missing_ok=True)
             return self._pickle(frame if kind == "frame" else frame.iloc[:, 0].rename(series_name))
-        out = {"t": kind, "file": name}
+        out: dict[str, Any] = {"t": kind, "file": name}
         if kind == "series":
             out["name"] = self.encode(series_name)
         return out
@@ -143,7 +143,7 @@ class _Reader:
             return {self.decode(k): self.decode(x) for k, x in node["items"]}
         if t == "dataclass":
             cls = _import_type(node["type"])
-            obj = object.__new__(cls)
+            obj: Any = object.__new__(cls)
             for name, x in node["fields"].items():
                 object.__setattr__(obj, name, self.decode(x))
             return obj

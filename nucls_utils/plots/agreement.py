@@ -1,9 +1,9 @@
 """Figures of the inter-rater analyses (notebooks 03 and 04): paper Figures 2, 3a-e, 4b-e, 5a-d, S3, S5, S7, S8, S16.
 
 Every function takes the tidy tables of :mod:`nucls_utils.interrater.analysis` and returns a matplotlib Figure;
-the notebooks save them with :func:`nucls_utils.plotting.save_figure`. Colours: classes from
+the notebooks draw and save them with :func:`nucls_utils.figures.draw`. Colours: classes from
 :mod:`nucls_utils.taxonomy`; participant groups and multi-rater sets from :data:`GROUP_COLORS` and
-:data:`SET_COLORS`. Call :func:`nucls_utils.plotting.set_style` once first.
+:data:`SET_COLORS`. Call :func:`nucls_utils.plots.set_style` once first.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from .. import taxonomy as tx
+from ..dtale.features import short_name
+from ..dtale.rules import Rule, decision_path
+from ..dtale.tree import _membership, _parents_depths, node_embedding_means, node_members
 from ..evaluation import f1_from_counts
-from .features import short_name
-from .rules import Rule, decision_path
-from .tree import _membership, _parents_depths, node_embedding_means, node_members
 
 __all__ = [
     "plot_embedding", "plot_embedding_panels", "plot_node_members", "plot_simplified_tree", "plot_step_by_step",
