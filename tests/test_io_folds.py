@@ -78,3 +78,28 @@ def test_different_seeds_give_different_splits():
     slides = [f"TCGA-H{h:02d}-S{i:03d}-DX1" for h in range(18) for i in range(1 + h % 7)]
     splits = {tuple(nio.hospital_kfold(slides, seed=s)["fold"]) for s in range(5)}
     assert len(splits) > 1
+
+
+def test_fold_assignment_save_load_round_trip_and_bad_rows(tmp_path):
+    from nucls_utils.io import load_fold_assignment, save_fold_assignment
+
+    slides = [f"TCGA-{h}-A00{i}-DX1" for h in ("A1", "A2", "AO", "AR", "A7", "BH") for i in range(2)]
+    assignment = nio.paper_folds(slides)
+    stage = tmp_path / "results" / "ds" / "01_data_prep"
+    path = save_fold_assignment(assignment, stage)
+    back = load_fold_assignment(tmp_path / "results", "ds")
+    pd.testing.assert_frame_equal(back, assignment[["slide_name", "hospital", "fold"]].astype(
+        {"slide_name": object, "hospital": object}).assign(fold=assignment["fold"].astype(int)))
+    assert back["fold"].dtype.kind == "i" and sorted(set(back["fold"])) == [1, 2, 3, 4, 5]
+    with pytest.raises(FileNotFoundError, match="run notebook 01 first"):
+        load_fold_assignment(tmp_path / "results", "other")
+    text = path.read_text().splitlines()
+    text[3] = text[3].rsplit(",", 1)[0] + ",two"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=r"fold_assignment.csv, row 4, field fold: 'two' is not a fold number"):
+        load_fold_assignment(tmp_path / "results", "ds")
+    with pytest.raises(ValueError, match="is assigned twice"):
+        save_fold_assignment(pd.concat([assignment, assignment.iloc[:1]]), stage)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['fold'\]"):
+        save_fold_assignment(assignment.drop(columns="fold"), stage)
+    assert "two" in path.read_text()  # a rejected save leaves the stored file as it was

@@ -706,3 +706,18 @@ def test_eval_on_odd_image_sizes(hw):
         assert isinstance(det, Detections) and len(det) > 0
         assert (det.boxes[:, 2] <= w + 1e-3).all() and (det.boxes[:, 3] <= h + 1e-3).all()
         assert det.instance_map((h, w)).shape == (h, w)
+
+
+def test_training_history_save_load_pair(tmp_path):
+    from nucls_utils.model.train import HISTORY_FILE, load_history, save_history
+
+    hist = pd.DataFrame({"iteration": [1, 2, 3], "loss": [2.0, 1.5, 1.25], "eval_ap50": [np.nan, np.nan, 0.5]})
+    save_history(hist, tmp_path)
+    back = load_history(tmp_path)
+    pd.testing.assert_frame_equal(back, hist)
+    assert back["iteration"].dtype.kind == "i"
+    with pytest.raises(FileNotFoundError, match="was not trained"):
+        load_history(tmp_path / "nothing")
+    (tmp_path / HISTORY_FILE).write_text("iteration,loss\n1,abc\n")
+    with pytest.raises(ValueError, match="column loss is not numeric"):
+        load_history(tmp_path)

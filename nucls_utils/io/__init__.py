@@ -28,7 +28,9 @@ from .folds import (
     fold_slides,
     fold_table,
     hospital_kfold,
+    load_fold_assignment,
     paper_folds,
+    save_fold_assignment,
 )
 from .manifest import hash_files, read_manifest_json, sha256_file, verify_manifest, write_manifest
 from .masks import (
@@ -51,4 +53,5 @@ __all__ = [
     "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",
     "validate_record", "write_dataset", "write_multirater", "read_multirater", "multirater_frame", "write_fov_csv", "write_fov_files", "write_fov_locations", "write_mask_png",
     "hash_files", "read_manifest_json", "sha256_file", "verify_manifest", "write_manifest",
+    "save_fold_assignment", "load_fold_assignment",
 ]

@@ -15,17 +15,25 @@ difference is two FOVs stored twice in the sqlite (44 countable nuclei); without
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import paper
 from .. import taxonomy as tx
+from .atomic import atomic_path
 from .naming import hospital_of
 
 __all__ = ["PAPER_FOLDS", "PAPER_TABLE1_N", "PAPER_FOLD_N_FOVS", "MIN_SIDE_PX", "paper_folds", "hospital_kfold",
-           "fold_slides", "detection_mask", "detection_n", "fold_table"]
+           "fold_slides", "detection_mask", "detection_n", "fold_table", "save_fold_assignment",
+           "load_fold_assignment", "FOLD_ASSIGNMENT_FILE"]
+
+#: Where notebook 01 stores the slide -> fold assignment that notebooks 05-07 read (under its stage folder).
+FOLD_ASSIGNMENT_FILE = "fold_assignment.csv"
+_ASSIGNMENT_COLUMNS = ("slide_name", "hospital", "fold")
 
 #: Test hospitals of each paper fold (reference splits; 124 slides in all).
 PAPER_FOLDS: dict[int, frozenset[str]] = {
@@ -94,6 +102,48 @@ def hospital_kfold(slides: Iterable[str], n_folds: int = 5, seed: int = 0) -> pd
             fold_of[str(h)] = k + 1
     df["fold"] = df["hospital"].map(fold_of).astype(int)
     return df
+
+
+def _check_assignment(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = [c for c in _ASSIGNMENT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}")
+    df = df[list(_ASSIGNMENT_COLUMNS)].copy()
+    for i, (slide, fold) in enumerate(zip(df["slide_name"], df["fold"], strict=True)):
+        row = f"{where}, row {i + 2}"  # the CSV's line (after the header)
+        if not isinstance(slide, str) or not slide:
+            raise ValueError(f"{row}, field slide_name: empty")
+        try:
+            ok = float(fold) == int(float(fold)) and int(float(fold)) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{row}, field fold: {fold!r} is not a fold number (1, 2, ...)")
+    if df["slide_name"].duplicated().any():
+        dup = df.loc[df["slide_name"].duplicated(), "slide_name"].iloc[0]
+        raise ValueError(f"{where}: slide {dup} is assigned twice")
+    return df.astype({"slide_name": object, "hospital": object}).assign(fold=df["fold"].astype(float).astype(int))
+
+
+def save_fold_assignment(assignment: pd.DataFrame, stage_dir: str | os.PathLike[str]) -> Path:
+    """Store notebook 01's slide -> fold assignment (``slide_name, hospital, fold``) in its stage folder,
+    atomically, after checking it (see :func:`load_fold_assignment`); return the file."""
+    path = Path(stage_dir) / FOLD_ASSIGNMENT_FILE
+    df = _check_assignment(assignment, "the fold assignment to store")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def load_fold_assignment(results_dir: str | os.PathLike[str], dataset_name: str) -> pd.DataFrame:
+    """The assignment :func:`save_fold_assignment` stored for ``dataset_name`` under ``results_dir``: columns
+    ``slide_name`` and ``hospital`` (text) and ``fold`` (int), one row per slide. A missing file says which notebook
+    writes it; a bad row is named by line and field."""
+    path = Path(results_dir) / dataset_name / "01_data_prep" / FOLD_ASSIGNMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no fold assignment at {path}: run notebook 01 first (same --out and profile)")
+    return _check_assignment(pd.read_csv(path, dtype={"slide_name": str, "hospital": str}, keep_default_na=False),
+                             str(path))
 
 
 def fold_slides(assignment: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:

@@ -3,7 +3,7 @@
 * Single-rater data: in synthetic mode, the corrected and uncorrected datasets simulated by notebook 02
   (``results/<dataset>/02_suggestions/study/singlerater/``); with the real release, ``data_dir`` is the corrected
   dataset, and an uncorrected one is used when ``data_dir`` has ``corrected/`` and ``uncorrected/`` sub-folders.
-* Folds: notebook 01's ``fold_assignment.csv`` (slide -> hospital fold).
+* Folds: notebook 01's fold assignment (:func:`nucls_utils.io.load_fold_assignment`: slide -> hospital fold).
 * P-truth (Table 1, bottom half): notebook 03's EM truth of the E set (raw P-truth labels, anchor boxes), on the
   multi-rater FOV images, cropped to the FOV rectangle when the single-rater data knows it. As in the reference,
   anchors with a side >= 125 px and FOVs smaller than 100 px are dropped; anchors the Ps call "undetected" are not
@@ -21,10 +21,11 @@ import pandas as pd
 
 from .. import taxonomy as tx
 from ..io.dataset import read_dataset, read_fov_locations
+from ..io.folds import load_fold_assignment
 from ..io.naming import hospital_of, parse_fov_name
 from .data import FovSample, load_fov_samples, macenko_normalise
 
-__all__ = ["locate_singlerater", "read_fold_assignment", "load_singlerater", "load_ptruth_samples",
+__all__ = ["locate_singlerater", "load_singlerater", "load_ptruth_samples",
            "MAX_ANCHOR_SIDE_PX", "MIN_FOV_SIDE_PX", "ModelInputs", "load_model_inputs"]
 
 MAX_ANCHOR_SIDE_PX = 125
@@ -48,18 +49,6 @@ def locate_singlerater(data_mode: str, data_path: str | os.PathLike[str] | None,
     if not (root / "csv").is_dir():
         raise FileNotFoundError(f"{root} is not a single-rater dataset (no csv/ folder)")
     return {"corrected": root}
-
-
-def read_fold_assignment(results_dir: str | os.PathLike[str], dataset_name: str) -> pd.DataFrame:
-    """Notebook 01's slide -> fold table (columns ``slide_name, hospital, fold``)."""
-    path = Path(results_dir) / dataset_name / "01_data_prep" / "fold_assignment.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"no fold assignment at {path}: run notebook 01 first (same --out and profile)")
-    df = pd.read_csv(path)
-    missing = {"slide_name", "fold"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    return df
 
 
 def load_singlerater(paths: dict[str, Path], *, normalise: bool = True, progress: bool = True
@@ -159,7 +148,7 @@ def load_model_inputs(ctx, *, normalise: bool = True, evalset: str = "E", progre
     if "uncorrected" not in paths:
         notes.append("no uncorrected single-rater data: Table S6 cannot be computed")
     samples = load_singlerater(paths, normalise=normalise, progress=progress)
-    assignment = read_fold_assignment(ctx.results_dir, ctx.data.name)
+    assignment = load_fold_assignment(ctx.results_dir, ctx.data.name)
     ptruth = None
     agreement = ctx.results_dir / ctx.data.name / AGREEMENT_STAGE
     tt = read_truth_tables(agreement)

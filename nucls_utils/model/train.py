@@ -29,10 +29,12 @@ from ..progress import tqdm
 from .architecture import ModelConfig, NucleusMaskRCNN, build_model
 
 __all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
-           "train_model", "load_trained", "model_problem", "config_key", "MODEL_MANIFEST", "MODEL_FILES"]
+           "train_model", "load_trained", "save_history", "load_history", "model_problem", "config_key", "MODEL_MANIFEST",
+           "MODEL_FILES", "HISTORY_FILE"]
 
 #: The files of a finished model and the manifest that records their sha256 and the reuse key.
-MODEL_FILES = ("model.pt", "history.csv", "training.json")
+HISTORY_FILE = "history.csv"
+MODEL_FILES = ("model.pt", HISTORY_FILE, "training.json")
 MODEL_MANIFEST = "model_manifest.json"
 
 
@@ -189,7 +191,7 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     key = config_key(*parts)
     problem = model_problem(out, key)
     if problem is None:
-        return load_trained(out, device=device), pd.read_csv(out / "history.csv")
+        return load_trained(out, device=device), load_history(out)
     if say is not None and (out / MODEL_MANIFEST).exists():
         say(f"{desc}: the trained model in {out.name}/ cannot be reused ({problem}): training again")
 
@@ -285,8 +287,7 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     frame = pd.DataFrame(history)
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"model_config": model_config.to_dict(), "state_dict": model.state_dict()}, tmp)
-    with atomic_path(out / "history.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+    save_history(frame, out)
     info = {"key": key, "model_config": model_config.to_dict(), "train_config": asdict(cfg), "seed": seed,
             "weights_source": model.weights_source, "class_weights": cw, "device": device,
             "seconds_this_run": seconds,
@@ -303,6 +304,31 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
 def model_problem(out_dir: str | Path, key: str) -> str | None:
     """Why the finished model in ``out_dir`` cannot be reused for ``key`` (``None``: it can)."""
     return verify_manifest(out_dir, name=MODEL_MANIFEST, expect={"key": key}, allow_extra=True)
+
+
+def save_history(history: pd.DataFrame, out_dir: str | Path) -> Path:
+    """Store a training run's history (one row per logged update: ``iteration``, the loss terms, the held-out
+    ``eval_*`` metrics where evaluated) in the model's folder, atomically; return the file."""
+    path = Path(out_dir) / HISTORY_FILE
+    with atomic_path(path) as tmp:
+        history.to_csv(tmp, index=False)
+    return path
+
+
+def load_history(out_dir: str | Path) -> pd.DataFrame:
+    """The history :func:`save_history` stored for the model in ``out_dir``: ``iteration`` as int, every other
+    column as float (NaN where a metric was not evaluated at that update)."""
+    path = Path(out_dir) / HISTORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no training history at {path}: the model in {Path(out_dir).name}/ was not trained "
+                                "(run notebook 05)")
+    df = pd.read_csv(path)
+    if "iteration" not in df.columns:
+        raise ValueError(f"{path}: no iteration column")
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise ValueError(f"{path}: column {bad[0]} is not numeric")
+    return df.astype({c: float for c in df.columns if c != "iteration"}).astype({"iteration": int})
 
 
 def load_trained(out_dir: str | Path, device: str | None = None) -> NucleusMaskRCNN:
