@@ -721,3 +721,21 @@ def test_training_history_save_load_pair(tmp_path):
     (tmp_path / HISTORY_FILE).write_text("iteration,loss\n1,abc\n")
     with pytest.raises(ValueError, match="column loss is not numeric"):
         load_history(tmp_path)
+
+
+def test_training_neither_reads_nor_changes_the_callers_random_state(fov_samples, tmp_path):
+    """train_model draws (initialisation, scale jitter, proposal sampling) from torch's generators seeded inside
+    its own block: the caller's state does not change the model, and is the same after training."""
+    samples, weights = fov_samples
+    tc = TRAIN_PROFILES["smoke"]
+    kw = {"seed": 0, "progress": False, "device": "cpu", "say": None}
+    states = []
+    for k, caller_seed in enumerate((123, 999)):
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        model, _ = train_model(SMOKE_CFG, tc, md.TrainingStream(samples, weights, batch_size=tc.batch_size, crop=96,
+                                                                seed=0), tmp_path / f"run{k}", **kw)
+        assert torch.equal(torch.get_rng_state(), before)
+        states.append(model.state_dict())
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+    assert model.transform.jitter > 0  # the jitter draws were part of it

@@ -20,6 +20,7 @@ grow with (detections x image area).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +35,7 @@ from .. import taxonomy as tx
 
 __all__ = ["ModelConfig", "MODEL_CONFIGS", "build_model", "NucleusMaskRCNN", "NucleusRoIHeads",
            "ScaleFactorTransform", "model_class_names", "build_refiner_network", "class_agnostic_nms",
-           "library_versions"]
+           "library_versions", "torch_seeded"]
 
 
 #: Key of the classifier's own feature map in the backbone's output (``classifier_features='layer2'``).
@@ -683,3 +684,16 @@ def library_versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int):
+    """Inside the block, torch's global random generators (the CPU's and every CUDA device's) start from ``seed``;
+    after it they are back where the caller left them. Training runs in one of these blocks, so what it draws
+    (weight initialisation, the scale jitter of :class:`ScaleFactorTransform`, torchvision's proposal samplers,
+    which can only draw from the global generator) neither depends on nor changes the caller's random state; the
+    training loop checkpoints and restores the state it draws from."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

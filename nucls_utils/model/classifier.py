@@ -42,7 +42,7 @@ from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
 from ..profiles import stage_settings
 from ..progress import tqdm
-from .architecture import json_fields
+from .architecture import json_fields, torch_seeded
 from .data import model_classes, samples_fingerprint, stain_augment
 from .detections import Detections
 
@@ -345,55 +345,55 @@ def train_thumbnail_classifier(samples: Sequence, out_dir: str | Path, *, profil
                        "reused": True}
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_classifier(cfg).to(device)
-    model.train()
-    # class-balanced: every present class equally likely, nuclei of a class uniformly
-    p = 1.0 / counts[labels]
-    p = p / p.sum()
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.iterations, 2),
-                                                pct_start=cfg.warmup)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    step_seconds, losses = [], []
-    t_start = time.perf_counter()
-    bar = tqdm(range(cfg.iterations), desc="thumbnail classifier", disable=not progress)
-    for _ in bar:
-        t0 = time.perf_counter()
-        idx = rng.choice(len(labels), size=cfg.batch_size, replace=True, p=p)
-        x = _batch(samples, fov[idx], boxes[idx], cfg, rng).to(device)
-        y = torch.from_numpy(labels[idx]).to(device)
-        loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"thumbnail classifier: loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.item()))
-        step_seconds.append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    seconds = time.perf_counter() - t_start
-    model.eval()
-    with atomic_path(out / "classifier.pt") as tmp:
-        torch.save({"config": cfg.to_dict(), "classes": list(CLASSIFIER_CLASSES),
-                    "state_dict": model.state_dict()}, tmp)
-    info = {"key": key, "config": cfg.to_dict(), "seed": seed, "device": device, "seconds": seconds,
-            "seconds_per_update": float(np.median(step_seconds)) if step_seconds else float("nan"),
-            "n_train": int(len(labels)), "n_train_fovs": len(samples),
-            "class_counts": {c: int(n) for c, n in zip(CLASSIFIER_CLASSES, counts, strict=True)},
-            "final_loss": float(np.mean(losses[-10:])) if losses else float("nan")}
-    with atomic_path(out / "classifier.json") as tmp:
-        Path(tmp).write_text(json.dumps(info, indent=2))
-    write_manifest(out, {"key": key}, name=MANIFEST_NAME, files=["classifier.pt", "classifier.json"])
-    return model, {**{k: info[k] for k in ("seconds", "seconds_per_update", "n_train", "class_counts", "key")},
-                   "reused": False}
+    with torch_seeded(seed):  # the caller's torch random state is left as it was
+        rng = np.random.default_rng(seed)
+        model = build_classifier(cfg).to(device)
+        model.train()
+        # class-balanced: every present class equally likely, nuclei of a class uniformly
+        p = 1.0 / counts[labels]
+        p = p / p.sum()
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.iterations, 2),
+                                                    pct_start=cfg.warmup)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        step_seconds, losses = [], []
+        t_start = time.perf_counter()
+        bar = tqdm(range(cfg.iterations), desc="thumbnail classifier", disable=not progress)
+        for _ in bar:
+            t0 = time.perf_counter()
+            idx = rng.choice(len(labels), size=cfg.batch_size, replace=True, p=p)
+            x = _batch(samples, fov[idx], boxes[idx], cfg, rng).to(device)
+            y = torch.from_numpy(labels[idx]).to(device)
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"thumbnail classifier: loss is {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.item()))
+            step_seconds.append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        seconds = time.perf_counter() - t_start
+        model.eval()
+        with atomic_path(out / "classifier.pt") as tmp:
+            torch.save({"config": cfg.to_dict(), "classes": list(CLASSIFIER_CLASSES),
+                        "state_dict": model.state_dict()}, tmp)
+        info = {"key": key, "config": cfg.to_dict(), "seed": seed, "device": device, "seconds": seconds,
+                "seconds_per_update": float(np.median(step_seconds)) if step_seconds else float("nan"),
+                "n_train": int(len(labels)), "n_train_fovs": len(samples),
+                "class_counts": {c: int(n) for c, n in zip(CLASSIFIER_CLASSES, counts, strict=True)},
+                "final_loss": float(np.mean(losses[-10:])) if losses else float("nan")}
+        with atomic_path(out / "classifier.json") as tmp:
+            Path(tmp).write_text(json.dumps(info, indent=2))
+        write_manifest(out, {"key": key}, name=MANIFEST_NAME, files=["classifier.pt", "classifier.json"])
+        return model, {**{k: info[k] for k in ("seconds", "seconds_per_update", "n_train", "class_counts", "key")},
+                       "reused": False}
 
 
 def load_classifier(out_dir: str | Path, device: str | None = None) -> ThumbnailClassifier:

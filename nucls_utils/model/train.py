@@ -26,7 +26,7 @@ from ..io.atomic import atomic_path
 from ..io.manifest import verify_manifest, write_manifest
 from ..profiles import stage_settings
 from ..progress import tqdm
-from .architecture import ModelConfig, NucleusMaskRCNN, build_model
+from .architecture import ModelConfig, NucleusMaskRCNN, build_model, torch_seeded
 
 __all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
            "train_model", "load_trained", "save_history", "load_history", "model_problem", "config_key", "MODEL_MANIFEST",
@@ -147,7 +147,9 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
                 class_weights=None, data_fingerprint: str | None = None,
                 say: Callable[[str], None] | None = print,
                 stop_after: int | None = None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
-    """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there.
+    """Train a model, checkpointing into ``out_dir``; resume or reuse what is already there. Training draws from
+    torch's random generators seeded with ``seed`` inside :func:`~.architecture.torch_seeded` (the caller's random
+    state is left as it was).
 
     Parameters
     ----------
@@ -180,6 +182,17 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
     ``training.json`` (configs, key, weights source, timing) when done, ``history.csv``, and
     ``model_manifest.json`` (the key and the sha256 of those three files, checked before they are reused).
     """
+    with torch_seeded(seed):
+        return _train_model(model_config, train_config, stream, out_dir, seed=seed, evaluate=evaluate,
+                            progress=progress, desc=desc, device=device, class_weights=class_weights,
+                            data_fingerprint=data_fingerprint, say=say, stop_after=stop_after)
+
+
+def _train_model(model_config: ModelConfig, train_config: TrainConfig, stream, out_dir: str | Path, *,
+                 seed: int, evaluate: Callable[[NucleusMaskRCNN], dict] | None, progress: bool, desc: str,
+                 device: str | None, class_weights, data_fingerprint: str | None,
+                 say: Callable[[str], None] | None, stop_after: int | None) -> tuple[NucleusMaskRCNN, pd.DataFrame]:
+    """:func:`train_model`'s body, run inside its seeded block."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cw = None if class_weights is None else [round(float(w), 6) for w in np.asarray(class_weights).ravel()]
@@ -196,7 +209,6 @@ def train_model(model_config: ModelConfig, train_config: TrainConfig, stream, ou
         say(f"{desc}: the trained model in {out.name}/ cannot be reused ({problem}): training again")
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(seed)
     model = build_model(model_config).to(device)
     model.roi_heads.set_class_weights(cw)
     model.train()
