@@ -307,11 +307,11 @@ def test_participant_classification_and_confusion():
     labels, truth = _accuracy_table()
     cls = acc.participant_classification(labels, truth, per_class=True)
     # NP.1 classified a0 tumor/tumor, a1 tumor/tumor, a2 stroma/stroma: perfect
-    assert cls.loc["NP.1", "n"] == 3 and cls.loc["NP.1", "accuracy"] == 1.0 and cls.loc["NP.1", "mcc"] == 1.0
+    assert cls.loc["NP.1", "n"] == 3 and cls.loc["NP.1", "accuracy"] == 1.0 and cls.loc["NP.1", "mcc_pooled_ovr"] == 1.0
     # NP.2: a0 tumor->stroma, a2 stroma->stroma, a3 sTIL->sTIL
     t, p = ["tumor", "stroma", "sTIL"], ["stroma", "stroma", "sTIL"]
     assert cls.loc["NP.2", "accuracy"] == pytest.approx(2 / 3)
-    assert cls.loc["NP.2", "mcc"] == pytest.approx(ev.mcc_pooled_ovr(t, p, ["sTIL", "stroma", "tumor"]))
+    assert cls.loc["NP.2", "mcc_pooled_ovr"] == pytest.approx(ev.mcc_pooled_ovr(t, p, ["sTIL", "stroma", "tumor"]))
     assert cls.loc["NP.2", "mcc_multiclass"] == pytest.approx(skm.matthews_corrcoef(t, p))
     assert cls.loc["NP.2", "mcc_tumor"] == 0.0
     conf = acc.participant_confusion(labels, truth, normalize=None)
@@ -431,9 +431,9 @@ def test_redundancy_simulation_trend_and_determinism():
     df = red.simulate_redundancy(labels, fov, truth, rng=np.random.default_rng(0), batch=5, **kw)
     assert len(df) == 18 and list(df["k"][:3]) == [2, 4, 10]
     assert {"auroc_micro", "auroc_macro", "auroc_tumor", "auroc_stroma", "auroc_sTIL"} <= set(df.columns)
-    med = df.groupby("k")[["det_f1", "mcc", "auroc_micro"]].median()
+    med = df.groupby("k")[["det_f1", "mcc_pooled_ovr", "auroc_micro"]].median()
     assert med.loc[10, "det_f1"] >= med.loc[4, "det_f1"] >= med.loc[2, "det_f1"]
-    assert med.loc[10, "mcc"] >= med.loc[2, "mcc"] + 0.05
+    assert med.loc[10, "mcc_pooled_ovr"] >= med.loc[2, "mcc_pooled_ovr"] + 0.05
     assert ((df["n_unique_NPs"] >= df["k"]) & (df["n_unique_NPs"] <= labels.shape[1])).all()
     assert (df.loc[df["k"] == 10, "n_unique_NPs"] > 10).any()
     # same seed -> same table, whatever the batch size
@@ -449,7 +449,7 @@ def test_redundancy_simulation_trend_and_determinism():
     real = acc.is_real(truth).to_numpy()
     sel = real & (pred != UN)
     table = ev.one_vs_rest_counts(truth[sel].to_numpy(), pred[sel], [c for c in cats if c != UN])
-    assert full["mcc"].iloc[0] == pytest.approx(table.loc["overall", "mcc"])
+    assert full["mcc_pooled_ovr"].iloc[0] == pytest.approx(table.loc["overall", "mcc"])
     assert full["det_tp"].iloc[0] == sel.sum()
 
 
@@ -472,6 +472,6 @@ def test_redundancy_with_dawid_skene_and_population():
         batch=8,
         progress=False,
     )
-    med = df.groupby("k")[["det_f1", "mcc", "auroc_micro"]].median()
-    assert med.loc[8, "det_f1"] >= med.loc[2, "det_f1"] and med.loc[8, "mcc"] >= med.loc[2, "mcc"]
+    med = df.groupby("k")[["det_f1", "mcc_pooled_ovr", "auroc_micro"]].median()
+    assert med.loc[8, "det_f1"] >= med.loc[2, "det_f1"] and med.loc[8, "mcc_pooled_ovr"] >= med.loc[2, "mcc_pooled_ovr"]
     assert df["auroc_micro"].between(0.5, 1).all()

@@ -178,9 +178,9 @@ def test_agreement_and_accuracy_tables(inferred):
     s, truth, tt, records = inferred
     acc = an.accuracy_by_set(tt)
     assert set(acc["evalset"]) == set(tt.evalsets) and acc["f1"].between(0, 1).all()
-    ps = acc[acc["group"].isin(["SP", "JP"])]["mcc"].mean()
-    assert ps > acc[acc["group"] == "NP"]["mcc"].mean()
-    tests = an.paired_set_tests(acc, ("f1", "mcc"), "E", "U-control")
+    ps = acc[acc["group"].isin(["SP", "JP"])]["mcc_pooled_ovr"].mean()
+    assert ps > acc[acc["group"] == "NP"]["mcc_pooled_ovr"].mean()
+    tests = an.paired_set_tests(acc, ("f1", "mcc_pooled_ovr"), "E", "U-control")
     assert set(tests["group"]) == {"Ps", "NPs"} and tests["pvalue"].between(0, 1).all()
     det = an.np_label_detection(tt)
     assert 0.5 < det["ap"] <= 1 and det["n"] > 50
@@ -308,7 +308,7 @@ def test_figures_render(inferred):
     alpha = an.alpha_table(truth)
     bt = an.boundary_table(tt, s, records)
     tally = an.detection_tally(tt)
-    sim = pd.DataFrame({"realisation": 0, "k": [2, 3], "n_unique_NPs": 5, "det_f1": [0.5, 0.6], "mcc": [0.4, 0.5],
+    sim = pd.DataFrame({"realisation": 0, "k": [2, 3], "n_unique_NPs": 5, "det_f1": [0.5, 0.6], "mcc_pooled_ovr": [0.4, 0.5],
                         "auroc_micro": [0.8, 0.9], "auroc_macro": [0.7, 0.8], "auroc_sTIL": [0.8, 0.9]})
     figs = [
         ip.plot_clustering_example(an.clustering_example(tt, s)),

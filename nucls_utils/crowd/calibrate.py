@@ -369,7 +369,7 @@ def crowd_statistics(tt, evalset: str = "E") -> dict[str, float]:
     out["figS8.stils_by_16_nps"] = float(ease.get("sTILs", np.nan))
     out["figS8.fibroblasts_by_16_nps"] = float(ease.get("fibroblasts", np.nan))
     acc = an.accuracy_by_set(tt, [evalset], level="main")
-    mcc = 100 * acc.loc[acc["group"] == "NP", "mcc"].dropna()
+    mcc = 100 * acc.loc[acc["group"] == "NP", "mcc_pooled_ovr"].dropna()
     out["fig3.np_mcc_low"], out["fig3.np_mcc_high"] = float(mcc.min()), float(mcc.max())
     out["fig4e.np_auroc_e"] = float(roc["micro"]) if evalset == "E" else float(
         an.np_label_roc_table(tt, "E", "main")["micro"])

@@ -147,12 +147,12 @@ def participant_classification(
         if keep.any():
             table = one_vs_rest_counts(t, pr, classes)
             row["accuracy"] = float(np.mean(t == pr))
-            row["mcc"] = float(table.loc["overall", "mcc"])
+            row["mcc_pooled_ovr"] = float(table.loc["overall", "mcc"])
             row["mcc_multiclass"] = mcc_multiclass(t, pr)
             if per_class:
                 row.update({f"mcc_{c}": float(table.loc[c, "mcc"]) for c in classes})
         else:
-            row.update({"accuracy": np.nan, "mcc": np.nan, "mcc_multiclass": np.nan})
+            row.update({"accuracy": np.nan, "mcc_pooled_ovr": np.nan, "mcc_multiclass": np.nan})
             if per_class:
                 row.update({f"mcc_{c}": np.nan for c in classes})
         rows.append(row)

@@ -241,7 +241,7 @@ def simulate_redundancy(
                 "det_fn": int(fn[b]),
                 "det_f1": float(f1[b]),
                 "n_classified": int(n[b]),
-                "mcc": float(mcc[b]),
+                "mcc_pooled_ovr": float(mcc[b]),
             }
             if roc_classes:
                 pr = post[b][real]
@@ -277,7 +277,7 @@ def simulate_redundancy(
         "det_fn",
         "det_f1",
         "n_classified",
-        "mcc",
+        "mcc_pooled_ovr",
         "auroc_micro",
         "auroc_macro",
     ] + [f"auroc_{c}" for c in roc_classes]

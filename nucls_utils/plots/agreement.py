@@ -291,9 +291,9 @@ def plot_redundancy(summary: pd.DataFrame, constant: pd.DataFrame | None = None,
                     per_class_prefix: str = "auroc_") -> plt.Figure:
     """Fig 3e: NP-label accuracy against the number of NPs per FOV: median and interquartile band of every
     realisation, and (points) the realisations that hold the total number of NPs constant."""
-    overall = [m for m in ("det_f1", "mcc", "auroc_micro", "auroc_macro") if m in set(summary["metric"])]
+    overall = [m for m in ("det_f1", "mcc_pooled_ovr", "auroc_micro", "auroc_macro") if m in set(summary["metric"])]
     per_class = [m for m in summary["metric"].unique() if m.startswith(per_class_prefix) and m not in overall]
-    names = {"det_f1": "detection F1", "mcc": "classification MCC", "auroc_micro": "AUROC (micro)",
+    names = {"det_f1": "detection F1", "mcc_pooled_ovr": "classification MCC", "auroc_micro": "AUROC (micro)",
              "auroc_macro": "AUROC (macro)"}
     n = len(overall) + (1 if per_class else 0)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.7), squeeze=False)
@@ -414,7 +414,7 @@ def plot_roc_by_set(rocs: Mapping[str, dict], boot: pd.DataFrame, acc: pd.DataFr
     ax.set_title(title, fontsize=9)
     if acc is not None:
         sets = [s for s in ("U-control", "B-control", "E") if s in set(acc["evalset"])]
-        for ax, metric, name in ((axes[0, 1], "f1", "detection F1"), (axes[0, 2], "mcc", "classification MCC")):
+        for ax, metric, name in ((axes[0, 1], "f1", "detection F1"), (axes[0, 2], "mcc_pooled_ovr", "classification MCC")):
             groups, colors = {}, []
             for g in ("Ps", "NPs"):
                 for s in sets:
@@ -544,8 +544,8 @@ def plot_super_class_accuracy(acc_main: pd.DataFrame, acc_super: pd.DataFrame, r
     NP-label ROC with super-classes."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
     ax = axes[0]
-    m = acc_main.set_index("participant")["mcc"]
-    s = acc_super.set_index("participant")["mcc"]
+    m = acc_main.set_index("participant")["mcc_pooled_ovr"]
+    s = acc_super.set_index("participant")["mcc_pooled_ovr"]
     both = m.index.intersection(s.index)
     groups = acc_main.set_index("participant")["group"]
     for p in both:

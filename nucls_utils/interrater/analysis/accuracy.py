@@ -63,7 +63,7 @@ def accuracy_by_set(tt: TruthTables, evalsets: Sequence[str] | None = None, leve
     return pd.concat([participant_accuracy(tt, s, level) for s in sets], ignore_index=True)
 
 
-def paired_set_tests(acc: pd.DataFrame, metrics: Sequence[str] = ("f1", "mcc"), a: str = "E",
+def paired_set_tests(acc: pd.DataFrame, metrics: Sequence[str] = ("f1", "mcc_pooled_ovr"), a: str = "E",
                      b: str = "U-control", by: str = "group_pn") -> pd.DataFrame:
     """Paired Wilcoxon tests of per-participant metrics between two sets, per participant group.
 

@@ -53,7 +53,7 @@ def agreement_paper_vs_run(*, np_det: dict, np_det_pooled: dict | None, roc_main
     main_alpha = alpha[(alpha["min_iou"] == PRIMARY_IOU) & (alpha["raters"] == "Ps") & (alpha["level"] == "main")
                        & (alpha["min_detections"] == 2)]
     n_anchors = int(main_alpha["n_anchors"].iloc[0]) if len(main_alpha) else np.nan
-    mcc = np_accuracy.loc[np_accuracy["group"] == "NP", "mcc"].dropna() * 100
+    mcc = np_accuracy.loc[np_accuracy["group"] == "NP", "mcc_pooled_ovr"].dropna() * 100
     boot = auroc_boot.set_index("evalset") if len(auroc_boot) else pd.DataFrame()
     test = auroc_tests[(auroc_tests["set_a"] == evalset) & (auroc_tests["set_b"] == _UNBIASED)] \
         if len(auroc_tests) else pd.DataFrame()
@@ -147,7 +147,7 @@ def redundancy_paper_vs_run(findings: pd.DataFrame, *, target_nps: int, n_realis
     plateau = "fig3e.redundancy_plateau_k"
     rows = [(plateau, "NPs per FOV where detection F1 stops improving (95 % of the gain)", k("det_f1"),
              "median over realisations"),
-            (plateau, "... classification MCC", k("mcc"), ""),
+            (plateau, "... classification MCC", k("mcc_pooled_ovr"), ""),
             (plateau, "... AUROC micro", k("auroc_micro"), ""),
             (plateau, "... AUROC macro", k("auroc_macro"), ""),
             ("fig3e.stromal_need_more_nps", "stromal nuclei need more NPs than tumor or sTILs", verdict,

@@ -74,7 +74,7 @@ def hold_total_constant(sim: pd.DataFrame, target: int | None = None) -> tuple[p
 def summarize_redundancy(sim: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Per k and metric: median, quartiles, mean and number of realisations (the Fig 3e table)."""
     if metrics is None:
-        metrics = ["det_f1", "mcc", "auroc_micro", "auroc_macro"] + sorted(
+        metrics = ["det_f1", "mcc_pooled_ovr", "auroc_micro", "auroc_macro"] + sorted(
             c for c in sim.columns if c.startswith("auroc_") and c not in ("auroc_micro", "auroc_macro"))
     long = sim.melt(id_vars=["k"], value_vars=list(metrics), var_name="metric")
     g = long.groupby(["metric", "k"])["value"]
