@@ -328,17 +328,23 @@ def plot_redundancy(summary: pd.DataFrame, constant: pd.DataFrame | None = None,
 # Figure 4
 
 
+def _strips_by_set_and_group(ax: plt.Axes, frame: pd.DataFrame, sets: Sequence[str], value: str, colour_of) -> None:
+    """Box-and-strip of ``frame[value]`` for each set of ``sets`` present in ``frame['evalset']`` and each of Ps and
+    NPs (``frame['group']``), in that order, coloured by ``colour_of(set, group)``."""
+    groups, colors = {}, []
+    for s in [s for s in sets if s in set(frame["evalset"])]:
+        for g in ("Ps", "NPs"):
+            sub = frame[(frame["evalset"] == s) & (frame["group"].map(_pn) == g)]
+            groups[f"{s}\n{g}"] = sub[value].to_numpy()
+            colors.append(colour_of(s, g))
+    if groups:
+        _box_strip(ax, groups, colors)
+
+
 def plot_clicked_share(cs: pd.DataFrame, tests: pd.DataFrame | None = None) -> plt.Figure:
     """Fig 4b: per participant, the percent of their detections that were clicked suggestions, per set."""
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
-    groups, colors = {}, []
-    for s in [s for s in ("B-control", "E") if s in set(cs["evalset"])]:
-        for g in ("Ps", "NPs"):
-            sub = cs[(cs["evalset"] == s) & (cs["group"].map(_pn) == g)]
-            groups[f"{s}\n{g}"] = sub["psegmented"].to_numpy()
-            colors.append(SET_COLORS[s])
-    if groups:
-        _box_strip(ax, groups, colors)
+    _strips_by_set_and_group(ax, cs, ("B-control", "E"), "psegmented", lambda s, g: SET_COLORS[s])
     ax.set_ylabel("clicked suggestions (% of detections)")
     note = ""
     if tests is not None and len(tests):
@@ -370,14 +376,7 @@ def plot_boundary_accuracy(bt: pd.DataFrame) -> plt.Figure:
 def plot_self_agreement(sa: pd.DataFrame) -> plt.Figure:
     """Fig 4d: each participant's self-agreement (Cohen's kappa) between U-control and a set with suggestions."""
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
-    groups, colors = {}, []
-    for s in [s for s in ("E", "B-control") if s in set(sa["evalset"])]:
-        for g in ("Ps", "NPs"):
-            sub = sa[(sa["evalset"] == s) & (sa["group"].map(_pn) == g)]
-            groups[f"{s}\n{g}"] = sub["kappa"].to_numpy()
-            colors.append(GROUP_COLORS[g])
-    if groups:
-        _box_strip(ax, groups, colors)
+    _strips_by_set_and_group(ax, sa, ("E", "B-control"), "kappa", lambda s, g: GROUP_COLORS[g])
     for lo in (0.2, 0.4, 0.6, 0.8):
         ax.axhline(lo, color="#dddddd", lw=0.8, zorder=0)
     ax.set_ylabel("self-agreement (Cohen's kappa)")
