@@ -11,8 +11,7 @@ Every figure is drawn by one plotting function of the package, its ``builder``. 
 :func:`draw`, which stores the builder's arguments (typed, with :mod:`nucls_utils.io.bundle`) under
 ``results/<dataset>/<notebook>/figure_inputs/<name>/``, calls the builder and saves the PNG and PDF; :func:`make`
 reads those stored inputs back and calls the same builder, so a figure can be restyled and redrawn without the
-computation behind it. A table's ``builder`` names the function that computes it, or ``notebook cell`` where the
-notebook composes it from several calls.
+computation behind it. A table's ``builder`` names the package function that computes it.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ class Artifact:
     notebook: str  # the notebook that writes it, e.g. '03_agreement'
     paper: str  # where the paper shows it ('Fig. 3b', 'Table 1'), or '' for the study's own checks
     caption: str
-    builder: str = "notebook cell"  # the package function that draws / computes it
+    builder: str  # the package function that draws / computes it
     synthetic_only: bool = False  # written only on the synthetic cohort
     optional: bool = False  # written only when its inputs exist (e.g. the core-set metadata)
 
@@ -58,6 +57,7 @@ _MP = "nucls_utils.plots.model."
 _DT = "nucls_utils.dtale."
 _DP = "nucls_utils.plots.dtale."
 
+_RT = "nucls_utils.phantom.realism.report_tables"
 _F, _T = "figure", "table"
 _ENTRIES: list[tuple] = [
     # 01_data_prep
@@ -86,16 +86,18 @@ _ENTRIES: list[tuple] = [
     ("nb01_calibration_vs_real", _T, "01_data_prep", "", "the generator's calibration targets against the real data",
      "nucls_utils.summary.calibration_comparison", True),
     ("nb01_stain_densities", _T, "01_data_prep", "", "stain densities per FOV", "nucls_utils.summary.stain_table"),
-    ("nb01_realism_summary", _T, "01_data_prep", "", "realism tests in one table", "notebook cell", True),
-    ("nb01_realism_c2st", _T, "01_data_prep", "", "classifier two-sample tests, by feature group", "notebook cell", True),
-    ("nb01_realism_smd", _T, "01_data_prep", "", "standardised mean differences of key features", "notebook cell", True),
+    ("nb01_realism_summary", _T, "01_data_prep", "", "realism tests in one table", _RT, True),
+    ("nb01_realism_c2st", _T, "01_data_prep", "", "classifier two-sample tests, by feature group", _RT, True),
+    ("nb01_realism_smd", _T, "01_data_prep", "", "standardised mean differences of key features", _RT, True),
     ("nb01_realism_bootstrap", _T, "01_data_prep", "", "the heuristic bootstrap's accuracy on real and synthetic FOVs",
-     "notebook cell", True),
-    ("nb01_realism_images", _T, "01_data_prep", "", "image statistics, real vs synthetic", "notebook cell", True),
+     _RT, True),
+    ("nb01_realism_images", _T, "01_data_prep", "", "image statistics, real vs synthetic", _RT, True),
     ("figS9_size_categories", _T, "01_data_prep", "Fig. S9", "nuclei by COCO size category",
      "nucls_utils.summary.size_categories"),
-    ("table1_folds_N_dataset", _T, "01_data_prep", "Table 1 N", "test nuclei per fold in this dataset"),
-    ("table1_folds_N", _T, "01_data_prep", "Table 1 N", "test nuclei per fold, this dataset and the core set"),
+    ("table1_folds_N_dataset", _T, "01_data_prep", "Table 1 N", "test nuclei per fold in this dataset",
+     "nucls_utils.io.folds.fold_table"),
+    ("table1_folds_N", _T, "01_data_prep", "Table 1 N", "test nuclei per fold on the core set, with and without its "
+     "duplicated FOVs", "nucls_utils.io.folds.core_table1_n", False, True),
     ("fig6c_class_by_fold", _T, "01_data_prep", "Fig. 6c", "super-class shares per fold",
      "nucls_utils.summary.class_by_fold"),
     ("nb01_paper_vs_run", _T, "01_data_prep", "", "dataset numbers: paper vs this run", "nucls_utils.summary.paper_vs_run"),
@@ -189,7 +191,8 @@ _ENTRIES: list[tuple] = [
     # 05_training
     ("figS10_training_curves", _F, "05_training", "Fig. S10", "training losses and validation AP of config 3, fold 1",
      _MP + "plot_training_curves"),
-    ("tableS7_hyperparameters", _T, "05_training", "Table S7", "hyperparameters of this profile and the paper's"),
+    ("tableS7_hyperparameters", _T, "05_training", "Table S7", "hyperparameters of this profile and the paper's",
+     "nucls_utils.model.train.hyperparameter_table"),
     # 06_evaluation
     ("fig6d_predictions", _F, "06_evaluation", "Fig. 6d", "predicted boundaries coloured by class on test FOVs",
      _MP + "plot_predictions"),
@@ -198,14 +201,15 @@ _ENTRIES: list[tuple] = [
     ("table1_corrected_singlerater", _T, "06_evaluation", "Table 1", "the NuCLS model on the corrected single-rater data",
      _RP + "table1"),
     ("table1_ptruth_E", _T, "06_evaluation", "Table 1", "the NuCLS model against the pathologists' truth", _RP + "table1"),
-    ("nb06_paper_vs_run_table1", _T, "06_evaluation", "Table 1", "Table 1: paper vs this run"),
+    ("nb06_paper_vs_run_table1", _T, "06_evaluation", "Table 1", "Table 1: paper vs this run",
+     _RP + "table1_paper_vs_run"),
     ("tableS3_scale_factor", _T, "06_evaluation", "Table S3", "the scale factor's effect", _RP + "table_s3"),
     ("tableS4_superclass_accuracy", _T, "06_evaluation", "Table S4", "per-super-class accuracy", _RP + "table_s4"),
     ("tableS5_ablations", _T, "06_evaluation", "Table S5", "the architecture ablations (configs 1-6)", _RP + "table_s5"),
     ("tableS6_uncorrected_training", _T, "06_evaluation", "Table S6", "training on corrected vs uncorrected data",
      _RP + "table_s6"),
     ("nb06_vs_generator_truth", _T, "06_evaluation", "", "the models scored against the generator's truth",
-     "notebook cell", True),
+     _RP + "vs_generator_truth", True),
     ("nb06_truth_ceiling", _T, "06_evaluation", "", "a perfect model scored against the corrected truth",
      _RP + "truth_ceiling", True),
     # 07_dtale

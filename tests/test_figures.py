@@ -44,8 +44,6 @@ def test_every_readme_figure_and_table_has_a_registry_entry_and_vice_versa():
 def test_every_named_builder_is_a_function_of_the_package():
     for a in figures.REGISTRY:
         assert a.kind in ("figure", "table") and a.caption
-        if a.builder == "notebook cell":
-            continue
         module, name = a.builder.rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), name, None)), a.builder
     assert len({(a.name, a.kind) for a in figures.REGISTRY}) == len(figures.REGISTRY)

@@ -25,6 +25,12 @@ def test_duplicate_fovs_explain_the_fold2_difference(metadata_path):
     assert len(fovs) == 1744 and fovs["fovname"].is_unique
     tab = nio.fold_table(ann, fovs, nio.paper_folds(fovs["slide_name"].unique()), nio.PAPER_TABLE1_N)
     assert tab["N_difference"].tolist() == [0, 0, 0, 0, 0]
+    # notebook 01's table1_folds_N: both counts beside the paper's
+    full_fovs, full_ann = nio.read_core_metadata(metadata_path)
+    stored = nio.fold_table(full_ann, full_fovs, nio.paper_folds(full_fovs["slide_name"].unique()), nio.PAPER_TABLE1_N)
+    both = nio.core_table1_n(stored, tab).set_index("fold")
+    assert both.loc[2, "N_detection"] == 15486 and both.loc[2, "N_detection_without_duplicate_fovs"] == 15442
+    assert (both["N_detection_without_duplicate_fovs"] == both["N_paper"]).all()
 
 
 def test_detection_rule_matches_a_direct_count():

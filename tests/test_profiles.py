@@ -78,3 +78,15 @@ def test_the_side_by_side_table_lists_every_stage():
     row = t[(t["stage"] == "training") & (t["setting"] == "iterations")].iloc[0]
     assert (row["smoke"], row["cpu"], row["paper"], row["differs"]) == (4, 560, 16000, True)
     assert profiles._main([]) == 0
+
+
+def test_table_s7_lists_every_setting_and_what_differs_from_the_paper():
+    from nucls_utils.model.train import hyperparameter_table
+
+    paper, cpu = hyperparameter_table("paper"), hyperparameter_table("cpu")
+    assert not paper["differs"].any() and list(paper["setting"]) == list(cpu["setting"])
+    differs = set(cpu.loc[cpu["differs"], "setting"])
+    assert {"iterations", "backbone_layer", "scale_factor"} <= differs
+    # a setting that is None in both is not a difference (it was, while the table held None as NaN)
+    both_none = cpu[(cpu["this run"] == "None") & (cpu["paper (Table S7)"] == "None")]
+    assert "finetune_rois_per_image" in set(both_none["setting"]) and not both_none["differs"].any()

@@ -23,6 +23,7 @@ from .folds import (
     PAPER_FOLD_N_FOVS,
     PAPER_FOLDS,
     PAPER_TABLE1_N,
+    core_table1_n,
     detection_mask,
     detection_n,
     fold_slides,
@@ -53,5 +54,5 @@ __all__ = [
     "read_core_metadata", "read_dataset", "read_fov_csv", "read_fov_locations", "read_mask_png", "slide_of",
     "validate_record", "write_dataset", "write_multirater", "read_multirater", "multirater_frame", "write_fov_csv", "write_fov_files", "write_fov_locations", "write_mask_png",
     "hash_files", "read_manifest_json", "sha256_file", "verify_manifest", "write_manifest",
-    "save_fold_assignment", "load_fold_assignment",
+    "save_fold_assignment", "load_fold_assignment", "core_table1_n",
 ]

@@ -29,7 +29,7 @@ from .naming import hospital_of
 
 __all__ = ["PAPER_FOLDS", "PAPER_TABLE1_N", "PAPER_FOLD_N_FOVS", "MIN_SIDE_PX", "paper_folds", "hospital_kfold",
            "fold_slides", "detection_mask", "detection_n", "fold_table", "save_fold_assignment",
-           "load_fold_assignment", "FOLD_ASSIGNMENT_FILE"]
+           "load_fold_assignment", "FOLD_ASSIGNMENT_FILE", "core_table1_n"]
 
 #: Where notebook 01 stores the slide -> fold assignment that notebooks 05-07 read (under its stage folder).
 FOLD_ASSIGNMENT_FILE = "fold_assignment.csv"
@@ -227,3 +227,11 @@ def fold_table(annotations: pd.DataFrame, fovs: pd.DataFrame, assignment: pd.Dat
         out["N_paper"] = out["fold"].map(paper_n).astype("Int64")
         out["N_difference"] = out["N_detection"] - out["N_paper"]
     return out
+
+
+def core_table1_n(stored: pd.DataFrame, without_duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's detection N per paper fold on the core-set metadata, as stored (``stored``: :func:`fold_table` of
+    the metadata with the paper's N) and without its duplicated FOVs (``without_duplicates``: the same of
+    ``read_core_metadata(..., drop_duplicate_fovs=True)``), beside the paper's N (notebook 01's ``table1_folds_N``)."""
+    return stored[["fold", "role", "test_hospitals", "n_slides", "n_fovs", "N_detection"]].assign(
+        N_detection_without_duplicate_fovs=without_duplicates["N_detection"], N_paper=stored["N_paper"])

@@ -22,7 +22,7 @@ from .detections import Detections
 from .experiments import Experiment, load_predictions
 
 __all__ = ["evaluate_samples", "evaluate_plan", "in_table", "TABLES_SEPARATOR", "TABLE1_COLUMNS", "table1", "table_s3", "table_s4", "table_s5",
-           "table_s6", "paper_vs_run", "truth_ceiling",
+           "table_s6", "paper_vs_run", "table1_paper_vs_run", "vs_generator_truth", "truth_ceiling",
            "PAPER_TABLE1", "PAPER_S5", "PAPER_S6_MEAN", "PAPER_S3"]
 
 #: Table 1's metric columns (result keys of :func:`evaluate_model`) and their headers.
@@ -237,6 +237,27 @@ def paper_vs_run(table1_rows: pd.DataFrame, truth: str) -> pd.DataFrame:
                     "this run SD": round(v.std(ddof=1), 1) if v.notna().sum() > 1 else None,
                     "folds": ",".join(map(str, sorted(use["fold"]))), "paper_key": f"table1.{which}.{k}"})
     return pd.DataFrame(out)
+
+
+def table1_paper_vs_run(rows: pd.DataFrame, ptruth: bool) -> pd.DataFrame:
+    """Notebook 06's ``nb06_paper_vs_run_table1``: :func:`paper_vs_run` against the corrected single-rater truth,
+    and, when the run has the P-truth of the E set (``ptruth``), against it too, one block per truth."""
+    pvr = paper_vs_run(rows, "corrected")
+    if ptruth:
+        pvr = pd.concat([pvr.assign(truth="corrected single-rater"),
+                         paper_vs_run(rows, "ptruth").assign(truth="P-truth (E)")], ignore_index=True)
+    return pvr
+
+
+def vs_generator_truth(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each model scored against the corrected single-rater truth and against the generator's exact truth
+    (synthetic cohort), side by side, percent (notebook 06's ``nb06_vs_generator_truth``)."""
+    cols = ["experiment", "truth", "ap50", "map", "seg_median_dice", "main_mcc", "super_mcc", "super_auroc_micro"]
+    both = rows[rows["truth"].isin(["corrected", "generator"])][cols]
+    gen = both.pivot_table(index="experiment", columns="truth", values=cols[2:])
+    gen = (100 * gen).round(1)
+    gen.columns = [f"{m} vs {t}" for m, t in gen.columns]
+    return gen.reset_index()
 
 
 def truth_ceiling(truth: Sequence[FovSample], generator: Sequence[FovSample], fold_of_slide: dict[str, int], *,

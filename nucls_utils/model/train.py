@@ -30,7 +30,7 @@ from .architecture import ModelConfig, NucleusMaskRCNN, build_model, torch_seede
 
 __all__ = ["TrainingStopped", "TrainConfig", "TRAIN_PROFILES", "MODEL_PROFILES", "profile_configs", "freeze_detection",
            "train_model", "load_trained", "save_history", "load_history", "model_problem", "config_key", "MODEL_MANIFEST",
-           "MODEL_FILES", "HISTORY_FILE"]
+           "MODEL_FILES", "HISTORY_FILE", "hyperparameter_table"]
 
 #: The files of a finished model and the manifest that records their sha256 and the reuse key.
 HISTORY_FILE = "history.csv"
@@ -316,6 +316,20 @@ def _train_model(model_config: ModelConfig, train_config: TrainConfig, stream, o
 def model_problem(out_dir: str | Path, key: str) -> str | None:
     """Why the finished model in ``out_dir`` cannot be reused for ``key`` (``None``: it can)."""
     return verify_manifest(out_dir, name=MODEL_MANIFEST, expect={"key": key}, allow_extra=True)
+
+
+def hyperparameter_table(profile: str) -> pd.DataFrame:
+    """Table S7: every model and schedule setting of ``profile`` beside the paper's (the ``paper`` profile), as
+    text, one row per ``setting``, with ``differs`` where they do."""
+    base, schedule = profile_configs(profile)
+    paper_model, paper_schedule = profile_configs("paper")
+    ours = {**base.to_dict(), **schedule.__dict__}
+    theirs = {**paper_model.to_dict(), **paper_schedule.__dict__}
+    # as text, as the table prints them: a setting that is None reads "None" (in a frame it would become NaN, which
+    # then "differed" from the paper's None)
+    return pd.DataFrame({"setting": list(ours), "this run": [str(v) for v in ours.values()],
+                         "paper (Table S7)": [str(theirs[k]) for k in ours],
+                         "differs": [str(ours[k]) != str(theirs[k]) for k in ours]})
 
 
 def save_history(history: pd.DataFrame, out_dir: str | Path) -> Path:

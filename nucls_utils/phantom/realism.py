@@ -44,7 +44,8 @@ from ..io.dataset import FovRecord
 __all__ = ["SMD_FEATURES", "SMD_CLASSES", "C2ST_GROUPS", "RealismReport", "nucleus_label_image",
            "nucleus_table", "class_matched_sample", "matched_pairs", "n_folds", "fold_auroc", "c2st_auroc",
            "nucleus_patches", "patch_cnn", "patch_c2st_auroc", "repeated_patch_c2st",
-           "smd_table", "bootstrap_detection", "image_statistics", "realism_report", "TARGETS", "GOALS"]
+           "smd_table", "bootstrap_detection", "image_statistics", "realism_report", "report_tables", "TARGETS",
+           "GOALS"]
 
 #: Features of the standardised-mean-difference table (HistomicsTK names) and their short labels.
 SMD_FEATURES: dict[str, str] = {
@@ -451,6 +452,22 @@ class RealismReport:
         lines.append(f"targets met: {len(self.summary) - len(missed)} of {len(self.summary)}"
                      + (f"; not met: {', '.join(missed)}" if missed else ""))
         return "\n".join(lines)
+
+
+def report_tables(report: RealismReport) -> dict[str, tuple[pd.DataFrame, str]]:
+    """The realism report's tables as notebook 01 saves them (``nb01_realism_<key>``): each a frame and its
+    caption; the image statistics as medians per dataset."""
+    medians = report.images.groupby("dataset", sort=False).median(numeric_only=True).reset_index()
+    return {
+        "summary": (report.summary, "Realism of the synthetic cohort against the real sample: headline quantities vs "
+                                    "the issue-14 targets."),
+        "c2st": (report.c2st, "Classifier two-sample tests: held-out AUROC (mean over the folds), real vs synthetic "
+                              "(0.5: indistinguishable)."),
+        "smd": (report.smd, "Per-class standardised mean differences (synthetic - real) / pooled SD."),
+        "bootstrap": (report.bootstrap, "Heuristic bootstrap detection (IOU >= 0.5, one region per FOV) on each "
+                                        "side."),
+        "images": (medians, "Image statistics per FOV: medians per dataset."),
+    }
 
 
 #: The issue-14 targets: feature C2ST AUROC, patch C2ST AUROC, share of |SMD| <= 0.5, bootstrap F1 gap (points).
