@@ -283,9 +283,10 @@ def _bind(name: str, fn, args: tuple, kwargs: dict) -> inspect.BoundArguments:
                         f"{exc}") from None
 
 
-def draw(name: str, ctx: Any, *args: Any, **kwargs: Any):
+def draw(name: str, ctx: Any, *args: Any, **kwargs: Any) -> None:
     """Draw the figure ``name`` with its registered builder, store the builder's arguments in the notebook's stage
-    folder (``ctx.stage_dir``) and save the PNG and PDF to ``ctx.figures_dir``; return the figure.
+    folder (``ctx.stage_dir``) and save the PNG and PDF to ``ctx.figures_dir``. The figure stays open, so a
+    notebook shows it once (returning it too would show it twice where ``draw`` ends a cell); ``plt.gcf()`` is it.
 
     ``ctx`` is the notebook's :class:`nucls_utils.config.RunContext` (anything with ``stage_dir`` and
     ``figures_dir``). The arguments are those of the builder, positional or by name."""
@@ -299,7 +300,6 @@ def draw(name: str, ctx: Any, *args: Any, **kwargs: Any):
                 meta={"figure": name, "builder": a.builder, "notebook": a.notebook})
     fig = fn(*bound.args, **bound.kwargs)
     save_figure(fig, name, ctx.figures_dir)
-    return fig
 
 
 def stored_inputs(name: str, out: str | os.PathLike[str] = REPO_ROOT, dataset: str | None = None) -> Path:

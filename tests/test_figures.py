@@ -98,8 +98,9 @@ def test_draw_stores_the_inputs_and_make_redraws_the_same_figure(tmp_path):
     set_style()
     stage = tmp_path / "results" / "synthetic_smoke" / "02_suggestions"
     ctx = SimpleNamespace(stage_dir=stage, figures_dir=tmp_path / "figures")
-    fig = figures.draw("figS2_refinement_training", ctx, _history(), title="a title")
-    plt.close(fig)
+    assert figures.draw("figS2_refinement_training", ctx, _history(), title="a title") is None  # shown once
+    assert plt.gcf().axes[0].get_title() == "a title"
+    plt.close("all")
     stored = figures.inputs_dir(stage, "figS2_refinement_training")
     assert bundle_meta(stored)["builder"] == "nucls_utils.plots.suggestions.plot_training_loss"
     args = load_bundle(stored)
@@ -132,9 +133,9 @@ def test_draw_and_make_reject_what_does_not_fit(tmp_path, capsys):
     import matplotlib.pyplot as plt
 
     for ds in ("a", "b"):
-        plt.close(figures.draw("figS2_refinement_training",
-                               SimpleNamespace(stage_dir=tmp_path / "results" / ds / "02_suggestions",
-                                               figures_dir=tmp_path / "figures"), _history()))
+        figures.draw("figS2_refinement_training", SimpleNamespace(stage_dir=tmp_path / "results" / ds / "02_suggestions",
+                                                                  figures_dir=tmp_path / "figures"), _history())
+        plt.close("all")
     with pytest.raises(ValueError, match="several datasets"):
         figures.make("figS2_refinement_training", tmp_path)
     assert figures.make("figS2_refinement_training", tmp_path, dataset="b")[0].is_file()

@@ -216,6 +216,11 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     assert {(a.name, a.kind) for a in figures.REGISTRY if not a.optional} <= written
     index = (out / "supplement" / "index.html").read_text(encoding="utf-8")
     assert "Not in the registry" not in index and index.count("<figure id=") == len(list((out / "figures").glob("*.png")))
+    for nb in (out / "supplement").glob("*.ipynb"):  # a drawn figure is shown once, not again as a cell's value
+        for cell in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
+            draws = "".join(cell["source"]).count("figures.draw(")
+            images = sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+            assert not draws or images <= draws, (nb.name, "".join(cell["source"])[:200])
     for page in (out / "supplement").glob("*"):
         if page.suffix in (".ipynb", ".html"):
             text = page.read_text(encoding="utf-8")
