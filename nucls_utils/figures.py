@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Artifact", "REGISTRY", "artifact", "names", "write_supplement", "SUPPLEMENT_INDEX", "draw", "make",
-           "builder_of", "inputs_dir", "FIGURE_INPUTS"]
+           "builder_of", "inputs_dir", "FIGURE_INPUTS", "save_figure", "figure_metadata"]
 
 SUPPLEMENT_INDEX = "index.html"
 FIGURE_INPUTS = "figure_inputs"
@@ -256,6 +256,37 @@ def figure_metadata(name: str, commit: str) -> dict[str, str]:
             "Keywords": f"commit {commit}", "Creator": "nucls_utils"}
 
 
+def save_figure(fig, name: str, figures_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` atomically; return both paths.
+
+    Both files carry, in their metadata, the figure's registry entry (paper label, caption, notebook, builder) and
+    the git commit of the code that drew it (PNG text chunks ``Title``, ``Description``, ``Source``; PDF ``Title``,
+    ``Subject``, ``Keywords``). The PDF carries no creation date, so the same figure gives the same file."""
+    from .config import git_commit
+    from .io.atomic import atomic_path
+
+    meta = figure_metadata(name, _commit(git_commit))
+    per_format = {"png": {"Title": meta["Title"], "Description": meta["Subject"], "Source": meta["Keywords"]},
+                  "pdf": {**meta, "CreationDate": None}}
+    paths = []
+    for ext in ("png", "pdf"):
+        path = Path(figures_dir) / f"{name}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, metadata=per_format[ext])
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+_COMMIT: list[str] = []
+
+
+def _commit(lookup) -> str:
+    """The git commit, asked once per process."""
+    if not _COMMIT:
+        _COMMIT.append(lookup())
+    return _COMMIT[0]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Drawing a figure, and drawing it again from its stored inputs
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,7 +322,6 @@ def draw(name: str, ctx: Any, *args: Any, **kwargs: Any) -> None:
     ``ctx`` is the notebook's :class:`nucls_utils.config.RunContext` (anything with ``stage_dir`` and
     ``figures_dir``). The arguments are those of the builder, positional or by name."""
     from .io.bundle import save_bundle
-    from .plots import save_figure
 
     a = artifact(name, "figure")
     fn = builder_of(name)
@@ -325,7 +355,7 @@ def make(name: str, out: str | os.PathLike[str] = REPO_ROOT, dataset: str | None
     import matplotlib.pyplot as plt
 
     from .io.bundle import load_bundle
-    from .plots import save_figure, set_style
+    from .plots import set_style
 
     set_style()  # as every notebook does first
     folder = stored_inputs(name, out, dataset)

@@ -60,7 +60,7 @@ def test_saved_figures_carry_builder_notebook_and_commit(tmp_path):
     from PIL import Image
 
     from nucls_utils.config import git_commit
-    from nucls_utils.plots import save_figure
+    from nucls_utils.figures import save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1])
@@ -169,7 +169,7 @@ def _fake_run(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nucls_utils.plots import save_figure
+    from nucls_utils.figures import save_figure
 
     for sub in ("figures", "tables", "supplement"):
         (out / sub).mkdir(parents=True)

@@ -231,13 +231,13 @@ def _tiny_report(not_run: bool = False) -> realism.RealismReport:
 
 @pytest.mark.parametrize("not_run", [False, True])
 def test_realism_figures_draw_and_save(tmp_path, not_run):
-    from nucls_utils import plots
+    from nucls_utils import figures
     from nucls_utils.plots import dataset as plotting
 
     report = _tiny_report(not_run)
     fig = plotting.plot_realism_report(report)
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 4
-    png, pdf = plots.save_figure(fig, "realism_test", tmp_path)
+    png, pdf = figures.save_figure(fig, "realism_test", tmp_path)
     assert png.stat().st_size > 10_000 and pdf.exists()
     text = report.describe_targets()
     assert text.count("NOT MET") == 4 and text.endswith("targets met: 0 of 4; not met: feature_c2st_auroc, "
@@ -250,4 +250,4 @@ def test_realism_figures_draw_and_save(tmp_path, not_run):
     shown = [ax for ax in fig.axes if ax.get_images()]
     assert len(shown) == 3 + 4 and {ax.get_images()[0].get_array().shape for ax in shown} == {(300, 300, 3)}
     assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["real (1)", "real (2)", "synthetic (1)", "synthetic (2)"]
-    plots.save_figure(fig, "grid_test", tmp_path)
+    figures.save_figure(fig, "grid_test", tmp_path)

@@ -114,7 +114,7 @@ def test_annotation_study_is_written_and_reads_back(cohort, tmp_path):
 
 
 def test_dataset_runner_and_figures(cohort, tmp_path):
-    from nucls_utils import plots
+    from nucls_utils import figures
     from nucls_utils.phantom import REGION_COLORS
     from nucls_utils.plots import suggestions as plotting
     from nucls_utils.suggestions import bootstrap_dataset, per_fov_scores
@@ -124,7 +124,7 @@ def test_dataset_runner_and_figures(cohort, tmp_path):
     rows = [{"rgb": images[i], "regions": fov_region_map(root, records[i].name), "bootstrap": boot[i],
              "refined": boot[i], "truth": list(records[i].nuclei), "title": records[i].name[:16]} for i in (0, 1)]
     fig = plotting.plot_suggestion_examples(rows, REGION_COLORS)
-    assert plots.save_figure(fig, "figS2_test", tmp_path)[0].stat().st_size > 10_000
+    assert figures.save_figure(fig, "figS2_test", tmp_path)[0].stat().st_size > 10_000
     scores = per_fov_scores([r.nuclei for r in records], boot)
     assert len(scores) == len(records) and scores["F1"].between(0, 100).all()
     fig = plotting.plot_per_fov_comparison(scores["F1"], scores["F1"] * 0.9, "a", "b", "detection F1")

@@ -5,8 +5,8 @@ import pandas as pd
 
 from nucls_utils import io as nio
 from nucls_utils import summary
+from nucls_utils.figures import save_figure
 from nucls_utils.plots import dataset as plotting
-from nucls_utils.plots import save_figure
 
 
 def test_summaries_on_real_sample(sample_dir, tmp_path):

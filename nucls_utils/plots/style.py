@@ -1,16 +1,11 @@
-"""The study's plotting style and the one way a figure is written: PNG and PDF, atomically, with the figure's
-registry entry and the git commit in their metadata."""
+"""The study's plotting style. Figures are written by :func:`nucls_utils.figures.save_figure` (PNG and PDF with their
+registry entry and the git commit in the metadata)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 
-from ..io.atomic import atomic_path
-
-__all__ = ["set_style", "save_figure"]
+__all__ = ["set_style"]
 
 
 def set_style() -> None:
@@ -20,36 +15,3 @@ def set_style() -> None:
         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
         "pdf.fonttype": 42, "savefig.bbox": "tight",
     })
-
-
-def save_figure(fig: plt.Figure, name: str, figures_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``<figures_dir>/<name>.png`` and ``.pdf`` atomically; return both paths.
-
-    Both files carry, in their metadata, the figure's registry entry (:mod:`nucls_utils.figures`: paper label,
-    caption, notebook, builder) and the git commit of the code that drew it (PNG text chunks ``Title``,
-    ``Description``, ``Source``; PDF ``Title``, ``Subject``, ``Keywords``). The PDF carries no creation date, so the
-    same figure gives the same file."""
-    from ..config import git_commit
-    from ..figures import figure_metadata
-
-    meta = figure_metadata(name, _commit(git_commit))
-    per_format = {"png": {"Title": meta["Title"], "Description": meta["Subject"], "Source": meta["Keywords"]},
-                  "pdf": {**meta, "CreationDate": None}}
-    figures_dir = Path(figures_dir)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = figures_dir / f"{name}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, metadata=per_format[ext])
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-_COMMIT: list[str] = []
-
-
-def _commit(lookup) -> str:
-    """The git commit, asked once per process."""
-    if not _COMMIT:
-        _COMMIT.append(lookup())
-    return _COMMIT[0]
