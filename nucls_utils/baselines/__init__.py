@@ -2,6 +2,9 @@
 
 * :mod:`.tile_classifier`: seed 002, a LeNet-5 tile classifier whose sliding-window output is a nuclei mask.
 * :mod:`.unet`: seed 003, U-Nets (the small net and the full Ronneberger depth) validated by counting nuclei.
+* :mod:`.cyclic`: seed 004, Cyclic Learning's front end: a tile classifier trained on image-level labels, its LRP
+  relevance maps and the pseudo masks cut from them.
 
-Still to come: seed 004's Cyclic Learning from image-level labels, notebook 08 and the supervision ladder.
+Still to come: Cyclic Learning's back end and cycles (the project's Mask R-CNN on the pseudo masks), notebook 08 and
+the supervision ladder.
 """
