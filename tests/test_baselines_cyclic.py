@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_nuclei import planted_disks
 
 from nucls_utils.baselines import cyclic as cy
 
 
 def _tile(rng: np.random.Generator, n: int, size: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    img = np.empty((size, size, 3))
-    img[:] = (235, 200, 215)
-    img += rng.normal(0, 8, img.shape)
-    yy, xx = np.mgrid[:size, :size]
-    mask = np.zeros((size, size), bool)
-    for _ in range(n):
-        cy_, cx = rng.integers(7, size - 7, 2)
-        mask |= (yy - cy_) ** 2 + (xx - cx) ** 2 <= rng.uniform(5, 7) ** 2
-    img[mask] = (110, 60, 150) + rng.normal(0, 12, (int(mask.sum()), 3))
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    return planted_disks(rng, n, size, radius=(5, 7), margin=7)
 
 
 @pytest.fixture(scope="module")

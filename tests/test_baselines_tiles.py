@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_nuclei import planted_disks
 
 from nucls_utils.baselines import tile_classifier as tc
 from nucls_utils.evaluation import pixel_scores
 
 
 def _scene(rng: np.random.Generator, n: int = 12, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Pink background with noise and ``n`` dark purple disks (radius 6-9 px): the image and its nucleus mask."""
-    img = np.empty((size, size, 3))
-    img[:] = (235, 200, 215)
-    img += rng.normal(0, 8, img.shape)
-    yy, xx = np.mgrid[:size, :size]
-    mask = np.zeros((size, size), bool)
-    for _ in range(n):
-        cy, cx = rng.integers(8, size - 8, 2)
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(6, 9) ** 2
-    img[mask] = (110, 60, 150) + rng.normal(0, 12, (int(mask.sum()), 3))
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    """``n`` dark purple disks (radius 6-9 px) on pink: the image and its nucleus mask."""
+    return planted_disks(rng, n, size, radius=(6, 9), margin=8)
 
 
 def test_grid_covers_the_image_and_labels_count_nucleus_pixels():
