@@ -24,7 +24,6 @@ end; the back end is the project's Mask R-CNN (:mod:`nucls_utils.model`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -32,6 +31,8 @@ import pandas as pd
 import torch
 from scipy import ndimage as ndi
 from torch import nn
+
+from ._seed import seeded
 
 __all__ = ["FrontEndConfig", "FrontEndCNN", "train_front_end", "front_end_logits", "lrp_relevance", "pseudo_masks",
            "mean_dice"]
@@ -76,13 +77,6 @@ class FrontEndCNN(nn.Module):
         return self.layers(x)
 
 
-@contextmanager
-def _seeded(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _tensor(tiles: np.ndarray) -> torch.Tensor:
     """Tiles as ``(N, 3, H, W)`` float, centred: ``I / 127.5 - 1`` in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -101,7 +95,7 @@ def train_front_end(tiles: np.ndarray, labels: np.ndarray, config: FrontEndConfi
     rng = np.random.default_rng(seed)
     x_all, y_all = _tensor(tiles), torch.from_numpy(labels.astype(np.int64))
     rows = []
-    with _seeded(seed):
+    with seeded(seed):
         model = FrontEndCNN(cfg.width)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = nn.CrossEntropyLoss()

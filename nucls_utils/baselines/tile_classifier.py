@@ -29,8 +29,6 @@ dozen nuclei and almost never be negative; the tile is scaled to about one nucle
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -39,6 +37,7 @@ import torch
 from torch import nn
 
 from ..evaluation import f1_from_counts
+from ._seed import seeded
 
 __all__ = ["TileClassifierConfig", "LeNetTiles", "tile_grid", "tile_labels", "extract_tiles",
            "train_tile_classifier", "predict_tiles", "fit_with_pseudo_labels", "probability_map", "tile_f1"]
@@ -89,13 +88,6 @@ class LeNetTiles(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def tile_grid(height: int, width: int, tile: int, stride: int) -> np.ndarray:
@@ -180,7 +172,7 @@ def train_tile_classifier(tiles: np.ndarray, labels: np.ndarray, config: TileCla
     train_idx, val_idx = _split(labels, cfg.val_fraction, rng)
     x_all = _to_tensor(tiles)
     y_all = torch.from_numpy(labels.astype(np.int64))
-    with _seeded(seed):
+    with seeded(seed):
         model = LeNetTiles(cfg.tile)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg.plateau_patience)

@@ -25,7 +25,6 @@ Here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -35,6 +34,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from ..evaluation import f1_from_counts, instance_overlaps, pixel_scores
+from ._seed import seeded
 
 __all__ = ["UNetConfig", "UNet", "standardise", "augment_pair", "train_unet", "predict_probability", "count_nuclei",
            "segmentation_report"]
@@ -121,13 +121,6 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask != 0)
 
 
-@contextmanager
-def _seeded(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def train_unet(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], config: UNetConfig | None = None, *,
                seed: int = 0) -> tuple[UNet, pd.DataFrame]:
     """Train a :class:`UNet` on RGB ``images`` and their nucleus ``masks`` (any non-zero pixel is nucleus).
@@ -148,7 +141,7 @@ def train_unet(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], config
     rng = np.random.default_rng(seed)
     std = [standardise(im) for im in images]
     rows = []
-    with _seeded(seed):
+    with seeded(seed):
         model = UNet(cfg.depth, cfg.base)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         loss_fn = nn.BCEWithLogitsLoss()
