@@ -56,6 +56,8 @@ _RP = "nucls_utils.model.report."
 _MP = "nucls_utils.plots.model."
 _DT = "nucls_utils.dtale."
 _DP = "nucls_utils.plots.dtale."
+_BP = "nucls_utils.plots.baselines."
+_BS = "nucls_utils.baselines.study."
 
 _RT = "nucls_utils.phantom.realism.report_tables"
 _F, _T = "figure", "table"
@@ -224,6 +226,18 @@ _ENTRIES: list[tuple] = [
     ("nb07_paper_vs_run", _T, "07_dtale", "", "DTALE: paper vs this run", _DT + "paper_vs_run"),
     ("nb07_rule_direction_checks", _T, "07_dtale", "", "do the rules point the way the generator drew the nuclei",
      _DT + "check_rule_directions", True),
+    # 08_baselines
+    ("nb08_supervision_ladder", _F, "08_baselines", "", "what each kind of label buys: the seeds' systems beside NuCLS",
+     _BP + "plot_supervision_ladder"),
+    ("nb08_cyclic_cycles", _F, "08_baselines", "", "Cyclic Learning's back end after each cycle",
+     _BP + "plot_cyclic_cycles"),
+    ("nb08_supervision_ladder", _T, "08_baselines", "", "the supervision ladder: label, effort, scores, training time",
+     _BS + "ladder_table"),
+    ("nb08_cyclic_cycles", _T, "08_baselines", "", "Cyclic Learning's scores per cycle", _BS + "run_cyclic"),
+    ("nb08_tile_pseudo_labels", _T, "08_baselines", "", "the tile classifier's pseudo-labelling rounds (seed 002)",
+     "nucls_utils.baselines.tile_classifier.fit_with_pseudo_labels"),
+    ("nb08_seed_paper_vs_run", _T, "08_baselines", "", "the seeds' own reported numbers vs this run",
+     _BS + "seed_paper_vs_run"),
 ]
 
 #: Every figure and table, in the order the notebooks write them.

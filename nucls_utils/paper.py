@@ -5,7 +5,8 @@ breast cancer", GigaScience 2022. Every "paper vs this run" table of the noteboo
 model tables (Table 1, S3, S5, S6), reads its paper values from :data:`NUMBERS`; nothing else in the package or the
 notebooks types a number of the paper. Each entry names where the paper reports it and states, in one line, the
 query behind it as far as the paper and its reference code let us tell (``../shared/reference/nucls_algorithms.md``
-discusses the doubtful ones).
+discusses the doubtful ones). The neighbouring systems' own reported numbers (keys ``seed002.*``, ``seed003.*``), which
+notebook 08 sets beside its baselines, live here too, so that no other paper's number is typed elsewhere either.
 
 A table row refers to its paper number by key (column ``paper_key``); ``"<key>:sd"`` is the SD the paper gives next
 to that number. :func:`lookup` resolves both, and the tests rebuild every paper-vs-run table and compare its paper
@@ -137,6 +138,13 @@ _SCALARS: tuple[PaperNumber, ...] = (
        "the representative DTALE rule of lymphocytes (major axis in pixels at 0.2 microns per pixel)"),
     _N("fig7.tree_max_depth", 7, "Methods (DTALE)", "maximum depth of the DTALE decision tree"),
     _N("fig7.tree_min_samples_leaf", 250, "Methods (DTALE)", "minimum nuclei per leaf of the DTALE decision tree"),
+    # the neighbouring systems' own reports (notebook 08's baselines; ../shared/reference/seeds/)
+    _N("seed002.tile_f1_weighted", 97.33, "seed 002 (tile classifier), Results",
+       "test F1 (%, weighted over the two classes) of 256 px tiles labelled nucleus / no nucleus, its own data"),
+    _N("seed003.count_deviation_small", 42.6, "seed 003 (U-Nets), notebook 05 as quoted by issue 18",
+       "nuclei count deviation (%) of the small U-Net on CryoNuSeg (not in the seed text we hold)", quoted=False),
+    _N("seed003.count_deviation_full", 56.0, "seed 003 (U-Nets), notebook 06 as quoted by issue 18",
+       "nuclei count deviation (%) of the full-depth U-Net on CryoNuSeg (not in the seed text we hold)", quoted=False),
 )
 
 #: Table 1's metric keys (results of :func:`nucls_utils.evaluation.evaluate_model`, percent) in the paper's order.

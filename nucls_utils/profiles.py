@@ -9,7 +9,8 @@ between profiles lives here and nowhere else:
   (:class:`nucls_utils.phantom.cohort.CohortSpec`), the pretraining (:class:`nucls_utils.model.pretrain.
   PretrainConfig`), the suggestion refiner (:class:`nucls_utils.suggestions.refine.RefinerConfig`), the NuCLS model
   (:class:`nucls_utils.model.architecture.ModelConfig`) and its training (:class:`nucls_utils.model.train.
-  TrainConfig`), and Table S5's thumbnail classifier (:class:`nucls_utils.model.classifier.ClassifierConfig`).
+  TrainConfig`), Table S5's thumbnail classifier (:class:`nucls_utils.model.classifier.ClassifierConfig`) and the
+  baselines of notebook 08 (:class:`nucls_utils.baselines.study.BaselineSettings`).
   Each stage module builds its ``*_PROFILES`` registry from these.
 * :class:`StudySettings` (:func:`settings`): the plain numbers of the notebooks (multi-rater FOVs, bootstrap
   resamples, EM simulation realisations, other rosters, the realism test's CNN, the training plan's parallelism,
@@ -124,6 +125,21 @@ STAGES: dict[str, dict[str, dict]] = {
         "cpu": dict(arch="compact", size=64, channels=(32, 64, 128, 128), iterations=300, batch_size=48, lr=4e-3),
         "paper": dict(),
     },
+    # baselines.study.BaselineSettings of notebook 08 (the networks' settings as their config classes' keyword
+    # arguments). cpu: fold 1 only and nets sized to a few minutes of the hour (README, "Baselines"); paper: every
+    # fold, the seeds' own widths (U-Nets at 64 channels) and the authors' 5 cycles
+    "baselines": {
+        "smoke": dict(folds=(1,), tile=dict(epochs=1, pseudo_rounds=1), tile_max=300,
+                      unet_small=dict(depth=3, base=4, iterations=2, crop=64, batch_size=2),
+                      unet_full=dict(depth=5, base=4, iterations=2, crop=64, batch_size=2),
+                      front_end=dict(epochs=1, width=4), front_max=200, cyclic_fovs=3, cycles=2,
+                      back_end_iterations=2),
+        "cpu": dict(folds=(1,), tile=dict(epochs=8), tile_max=6000,
+                    unet_small=dict(depth=3, base=16, iterations=300),
+                    unet_full=dict(depth=5, base=16, iterations=300),
+                    front_end=dict(epochs=6), front_max=4000, cyclic_fovs=40, cycles=2, back_end_iterations=150),
+        "paper": dict(),
+    },
 }
 
 #: Where each stage's config class lives (module, class), for :func:`table`.
@@ -134,6 +150,7 @@ _STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "model": ("nucls_utils.model.train", "MODEL_PROFILES"),
     "training": ("nucls_utils.model.train", "TRAIN_PROFILES"),
     "classifier": ("nucls_utils.model.classifier", "CLASSIFIER_PROFILES"),
+    "baselines": ("nucls_utils.baselines.study", "BASELINE_PROFILES"),
 }
 
 

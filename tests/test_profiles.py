@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _registries():
+    from nucls_utils.baselines import study
     from nucls_utils.model import classifier, pretrain, train
     from nucls_utils.phantom import cohort
     from nucls_utils.suggestions import refine
 
     return {"cohort": cohort.PROFILE_SPECS, "pretrain": pretrain.PRETRAIN_PROFILES, "refiner": refine.REFINER_PROFILES,
             "model": train.MODEL_PROFILES, "training": train.TRAIN_PROFILES,
-            "classifier": classifier.CLASSIFIER_PROFILES}
+            "classifier": classifier.CLASSIFIER_PROFILES, "baselines": study.BASELINE_PROFILES}
 
 
 def test_every_stage_registry_is_built_from_the_profiles_module():
@@ -35,7 +36,10 @@ def test_every_stage_registry_is_built_from_the_profiles_module():
             for key, value in profiles.STAGES[stage][p].items():
                 if stage == "cohort" and key == "hospital_slides" and value is None:
                     value = HOSPITAL_SLIDE_COUNTS
-                assert getattr(reg[p], key) == value, (stage, p, key)
+                got = getattr(reg[p], key)
+                if isinstance(value, dict):  # a nested config (the baselines' networks): its fields
+                    got = {k: getattr(got, k) for k in value}
+                assert got == (tuple(value) if isinstance(got, tuple) else value), (stage, p, key)
     # a few of the numbers the README quotes, read back through the stage registries
     assert regs["training"]["cpu"].iterations == 560 and regs["training"]["paper"].iterations == 16000
     assert regs["pretrain"]["cpu"].detector_iterations == 1500

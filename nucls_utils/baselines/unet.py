@@ -104,47 +104,64 @@ def standardise(rgb: np.ndarray) -> np.ndarray:
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, alpha: float = 8.0,
                  sigma: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
-    """A random flip, 90-degree rotation and elastic deformation of an ``(H, W, C)`` image and its ``(H, W)`` mask."""
+    """A random flip, 90-degree rotation and elastic deformation of an ``(H, W, C)`` image and its ``(H, W)`` mask
+    (returned as bool: any non-zero pixel is nucleus)."""
+    image, codes = _augment_codes(image, np.asarray(mask) != 0, rng, alpha, sigma)
+    return image, codes != 0
+
+
+def _augment_codes(image: np.ndarray, codes: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`augment_pair` of an image and an integer code map (moved by nearest neighbour, codes kept)."""
     k = int(rng.integers(0, 4))
-    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    image, codes = np.rot90(image, k), np.rot90(codes, k)
     if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
+        image, codes = image[:, ::-1], codes[:, ::-1]
     if alpha > 0:
-        h, w = mask.shape
+        h, w = codes.shape
         dy = ndi.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma) * alpha
         dx = ndi.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma) * alpha
         yy, xx = np.mgrid[:h, :w].astype(np.float64)
         coords = np.array([yy + dy, xx + dx])
         image = np.stack([ndi.map_coordinates(image[..., c], coords, order=1, mode="reflect")
                           for c in range(image.shape[2])], axis=-1)
-        mask = ndi.map_coordinates(mask.astype(np.uint8), coords, order=0, mode="reflect")
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask != 0)
+        codes = ndi.map_coordinates(codes.astype(np.uint8), coords, order=0, mode="reflect")
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(codes, dtype=np.uint8)
 
 
 def train_unet(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], config: UNetConfig | None = None, *,
-               seed: int = 0) -> tuple[UNet, pd.DataFrame]:
+               ignore: Sequence[np.ndarray] | None = None, seed: int = 0) -> tuple[UNet, pd.DataFrame]:
     """Train a :class:`UNet` on RGB ``images`` and their nucleus ``masks`` (any non-zero pixel is nucleus).
 
     Each update draws ``batch_size`` random crops (image chosen at random, crop anywhere inside it), standardises
-    them per channel and augments them (:func:`augment_pair`). Returns the model (eval mode) and the loss history
-    (``iteration``, ``loss``)."""
+    them per channel and augments them (:func:`augment_pair`). ``ignore``: optional boolean maps, one per image, of
+    pixels whose label is unknown (e.g. the box of a nucleus annotated by a box only): they are left out of the loss.
+    Returns the model (eval mode) and the loss history (``iteration``, ``loss``)."""
     cfg = config or UNetConfig()
     if len(images) != len(masks) or not images:
         raise ValueError("give one mask per image, and at least one image")
     multiple = 2 ** (cfg.depth - 1)
     if cfg.crop % multiple:
         raise ValueError(f"crop {cfg.crop} must be a multiple of {multiple} at depth {cfg.depth}")
+    if ignore is not None and len(ignore) != len(images):
+        raise ValueError(f"give one ignore map per image ({len(ignore)} for {len(images)} images)")
     for i, (im, m) in enumerate(zip(images, masks, strict=True)):
         if im.shape[:2] != m.shape or min(m.shape) < cfg.crop:
             raise ValueError(f"image {i}: mask shape {m.shape} must equal the image's {im.shape[:2]} and be at least "
                              f"{cfg.crop} px on each side")
+        if ignore is not None and np.shape(ignore[i]) != m.shape:
+            raise ValueError(f"image {i}: ignore map shape {np.shape(ignore[i])} differs from the mask's {m.shape}")
+    # one code map per image: 0 background, 1 nucleus, 2 unknown (left out of the loss)
+    codes = [(np.asarray(m) != 0).astype(np.uint8) if ignore is None
+             else np.where(np.asarray(ignore[i], dtype=bool), 2, np.asarray(m) != 0).astype(np.uint8)
+             for i, m in enumerate(masks)]
     rng = np.random.default_rng(seed)
     std = [standardise(im) for im in images]
     rows = []
     with seeded(seed):
         model = UNet(cfg.depth, cfg.base)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        loss_fn = nn.BCEWithLogitsLoss()
+        loss_fn = nn.BCEWithLogitsLoss(reduction="none")
         model.train()
         for it in range(cfg.iterations):
             xs, ys = [], []
@@ -152,14 +169,16 @@ def train_unet(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], config
                 i = int(rng.integers(len(std)))
                 h, w = masks[i].shape
                 y0, x0 = int(rng.integers(0, h - cfg.crop + 1)), int(rng.integers(0, w - cfg.crop + 1))
-                im, m = augment_pair(std[i][y0:y0 + cfg.crop, x0:x0 + cfg.crop],
-                                     np.asarray(masks[i][y0:y0 + cfg.crop, x0:x0 + cfg.crop]) != 0, rng,
-                                     cfg.elastic_alpha, cfg.elastic_sigma)
+                im, c = _augment_codes(std[i][y0:y0 + cfg.crop, x0:x0 + cfg.crop],
+                                       codes[i][y0:y0 + cfg.crop, x0:x0 + cfg.crop], rng, cfg.elastic_alpha,
+                                       cfg.elastic_sigma)
                 xs.append(im.transpose(2, 0, 1))
-                ys.append(m)
+                ys.append(c)
             x = torch.from_numpy(np.stack(xs))
-            y = torch.from_numpy(np.stack(ys).astype(np.float32))
-            loss = loss_fn(model(x), y)
+            c = torch.from_numpy(np.stack(ys))
+            known = (c != 2).float()
+            per_pixel = loss_fn(model(x), (c == 1).float())
+            loss = (per_pixel * known).sum() / known.sum().clamp(min=1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
