@@ -133,7 +133,7 @@ STAGES: dict[str, dict[str, dict]] = {
                       unet_small=dict(depth=3, base=4, iterations=2, crop=64, batch_size=2),
                       unet_full=dict(depth=5, base=4, iterations=2, crop=64, batch_size=2),
                       front_end=dict(epochs=1, width=4), front_max=200, cyclic_fovs=3, cycles=2,
-                      back_end_iterations=2),
+                      back_end_iterations=2, transfer_fovs=2),
         "cpu": dict(folds=(1,), tile=dict(epochs=8), tile_max=6000,
                     unet_small=dict(depth=3, base=16, iterations=300),
                     unet_full=dict(depth=5, base=16, iterations=300),

@@ -82,6 +82,7 @@ class BaselineSettings:
     cycles: int = 5  # the authors'
     back_end_iterations: int = 2000
     feedback_score: float = 0.5  # detections fed to the next cycle
+    transfer_fovs: int | None = None  # real FOVs the transfer test scores (None: all; the smoke profile a few)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -578,11 +579,13 @@ def run_ladder(samples: Sequence, generator: Sequence | None, assignment: pd.Dat
 
 
 def score_transfer(runs: dict[str, BaselineRun], samples: Sequence, truth: str = "real sample",
-                   progress: bool = True) -> pd.DataFrame:
-    """Each trained system applied to other FOVs (e.g. the real sample) and scored against their annotations: one
-    row per system with :func:`score_predictions`' keys, ``labels_used`` and ``seconds`` of its training."""
+                   progress: bool = True, limit: int | None = None) -> pd.DataFrame:
+    """Each trained system applied to other FOVs (e.g. the real sample; the first ``limit`` of them) and scored
+    against their annotations: one row per system with :func:`score_predictions`' keys, ``labels_used`` and
+    ``seconds`` of its training."""
     from ..progress import tqdm
 
+    samples = list(samples)[:limit]
     rows = []
     for name, run in runs.items():
         preds = {s.name: run.predict(s.rgb) for s in tqdm(samples, desc=name, disable=not progress)}
