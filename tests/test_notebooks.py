@@ -109,6 +109,10 @@ def test_run_all_every_notebook_on_real_sample(sample_dir, metadata_path, tmp_pa
     assert (out / "tables" / "table1_corrected_singlerater.csv").exists()
     assert "no direction check" in _executed_stdout(out / "supplement" / "07_dtale.ipynb")
     assert (out / "tables" / "fig7_dtale_rules.csv").exists()
+    # notebook 08: the baselines trained on the sample's folds; no transfer test (the data are real already)
+    assert "the run's data are real already" in _executed_stdout(out / "supplement" / "08_baselines.ipynb")
+    ladder = pd.read_csv(out / "tables" / "nb08_supervision_ladder.csv")
+    assert set(ladder["truth"]) == {"corrected"} and "NuCLS" in set(ladder["system"]) and len(ladder) == 6
     # stripping an executed copy gives back a clean notebook with the same cells as the source
     executed01 = out / "supplement" / "01_data_prep.ipynb"
     assert nbtools.strip_outputs(executed01)
@@ -197,8 +201,15 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     for name in ("table1_ptruth_E", "tableS3_scale_factor", "tableS5_ablations", "tableS6_uncorrected_training",
                  "nb06_vs_generator_truth", "nb06_truth_ceiling", "fig7_dtale_rules", "nb07_paper_vs_run"):
         assert (out / "tables" / f"{name}.csv").exists(), name
-    for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay"):
+    for name in ("figS11_confusion_super", "fig6d_predictions", "fig7bg_embedding", "fig7ef_figS15_tree_overlay",
+                 "nb08_supervision_ladder", "nb08_cyclic_cycles"):
         assert (out / "figures" / f"{name}.png").exists(), name
+    # 08: every system on the synthetic fold, against both truths, and transferred to the real sample
+    ladder = pd.read_csv(out / "tables" / "nb08_supervision_ladder.csv")
+    assert set(ladder["truth"]) == {"corrected", "generator", "real sample"} and len(ladder) == 18
+    assert ((ladder["AP@.5"] >= 0) & (ladder["AP@.5"] <= 100)).all()
+    cycles = pd.read_csv(out / "tables" / "nb08_cyclic_cycles.csv")
+    assert sorted(cycles["cycle"].unique()) == [1, 2] and (cycles["pseudo_nuclei"] > 0).all()
     # every paper-vs-run table's paper column is the paper module's (issue 15)
     from test_paper import check_paper_columns
 
@@ -228,14 +239,20 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
             assert "TqdmWarning" not in text, page.name
 
     # every figure can be drawn again from the inputs its notebook stored, without running it: the same picture
+    # (one figure of each notebook here, to keep the suite short; every figure's inputs are stored the same way)
     remade = tmp_path / "remade"
-    proc_make = subprocess.run([str(_venv_python()), "-m", "nucls_utils.figures", "make", "--all", "--out", str(out),
-                                "--figures-dir", str(remade)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    written_figs = {p.stem for p in (out / "figures").glob("*.png")}
+    one_each = sorted({a.notebook: a.name for a in reversed(figures.REGISTRY)
+                       if a.kind == "figure" and a.name in written_figs}.values())
+    assert len(one_each) == len(NOTEBOOKS)
+    proc_make = subprocess.run([str(_venv_python()), "-m", "nucls_utils.figures", "make", *one_each, "--out",
+                                str(out), "--figures-dir", str(remade)], capture_output=True, text=True, timeout=600,
+                               cwd=REPO)
     assert proc_make.returncode == 0, proc_make.stderr[-3000:]
     import matplotlib.pyplot as plt
     import numpy as np
 
-    drawn = sorted(p.name for p in (out / "figures").glob("*.png"))
+    drawn = sorted(f"{n}.png" for n in one_each)
     assert sorted(p.name for p in remade.glob("*.png")) == drawn
     for name in drawn:
         assert np.array_equal(plt.imread(out / "figures" / name), plt.imread(remade / name)), name
@@ -256,8 +273,9 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     # are copied over (and verified by their manifests before reuse) to keep the suite short: that training is
     # reproducible across processes is test_integrity's SIGTERM/resume test; everything else runs again.
     out2 = tmp_path / "out2"
-    models = Path("results") / "synthetic_smoke" / "05_training" / "models"
-    shutil.copytree(out / models, out2 / models)
+    for models in (Path("results") / "synthetic_smoke" / "05_training" / "models",
+                   *(p.relative_to(out) for p in (out / "results" / "synthetic_smoke" / "08_baselines").glob("cyclic_fold*"))):
+        shutil.copytree(out / models, out2 / models)
     proc2 = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--out", str(out2)], capture_output=True,
                            text=True, timeout=1500, env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]

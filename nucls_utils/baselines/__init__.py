@@ -4,7 +4,6 @@
 * :mod:`.unet`: seed 003, U-Nets (the small net and the full Ronneberger depth) validated by counting nuclei.
 * :mod:`.cyclic`: seed 004, Cyclic Learning's front end: a tile classifier trained on image-level labels, its LRP
   relevance maps and the pseudo masks cut from them.
-
-Still to come: Cyclic Learning's back end and cycles (the project's Mask R-CNN on the pseudo masks), notebook 08 and
-the supervision ladder.
+* :mod:`.study`: notebook 08's driver: every system trained on notebook 05's folds, Cyclic Learning's back end (the
+  project's Mask R-CNN) and cycles, scoring with :mod:`nucls_utils.evaluation`, the supervision ladder.
 """
