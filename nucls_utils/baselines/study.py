@@ -7,6 +7,7 @@ reduced to the kind of label the system uses, and is tested on the same held-out
 system                 label it learns from                         what is counted as annotation effort
 =====================  ===========================================  ==========================================
 heuristic bootstrap    none (notebook 02's segmentation)            0
+pretrained detector    none of this cohort (the models' start)      0 (its own cohort was fully labelled)
 Cyclic Learning (004)  image-level: does a tile hold a nucleus?     one yes/no per tile
 tile classifier (002)  tile-level: the same, at nucleus scale       one yes/no per labelled (not withheld) tile
 U-Net small/full (003) pixel masks: the traced boundaries           one outline per traced nucleus
@@ -28,9 +29,10 @@ truth); the generator's truth has an exact outline for every nucleus.
 **Cyclic Learning** (:func:`run_cyclic`): the front end (:mod:`.cyclic`) learns the image-level labels; the LRP
 relevance of each positive tile, scaled to its own maximum and merged over overlapping tiles by the maximum, is cut
 at the authors' 0.1 into pseudo nuclei; the back end, the project's Mask R-CNN (the profile's architecture, from the
-same pretrained trunk as the NuCLS model but not from its pretrained detector, which learned from full labels), trains
-on them; each later cycle trains a fresh back end on the previous back end's confident detections (score >=
-``feedback_score``) plus the front end's pseudo nuclei that no detection covers. The seed's text (an abstract) does not
+NuCLS model's own start, ``back_end_start='detector'``: in the cpu profile the detector pretrained on a separate,
+fully labelled synthetic cohort, whose score alone is the ladder's "pretrained detector" row), trains on them; each
+later cycle trains a fresh back end on the previous back end's confident detections (score >= ``feedback_score``) plus
+the front end's pseudo nuclei that no detection covers. The seed's text (an abstract) does not
 say more of how knowledge flows back; this is our reading, stated in the notebook.
 """
 
@@ -57,7 +59,7 @@ __all__ = ["BaselineSettings", "BASELINE_PROFILES", "FovPrediction", "label_imag
            "from_detections", "from_instances", "score_predictions", "tile_training_set", "run_tile_classifier",
            "tile_f1_on", "run_unet", "run_cyclic", "pseudo_sample", "SYSTEMS", "ladder_table", "seed_paper_vs_run",
            "PSEUDO_CLASS", "BaselineRun", "LadderResult", "run_ladder", "score_transfer", "bootstrap_run", "nucls_run",
-           "relevance_map"]
+           "relevance_map", "pretrained_detector_run"]
 
 #: The class the Cyclic back end's pseudo nuclei carry: image-level labels say nothing of class, and the back end is
 #: scored class-agnostically (detection and segmentation only).
@@ -81,6 +83,9 @@ class BaselineSettings:
     cyclic_fovs: int | None = None  # training FOVs the back end learns from (None: all)
     cycles: int = 5  # the authors'
     back_end_iterations: int = 2000
+    # the back end's start: 'detector' = the NuCLS model's own start (with a synthetic-pretrained trunk, the detector
+    # pretrained with it on a separate, fully labelled synthetic cohort; else the trunk alone), 'trunk' = the trunk only
+    back_end_start: str = "detector"
     feedback_score: float = 0.5  # detections fed to the next cycle
     transfer_fovs: int | None = None  # real FOVs the transfer test scores (None: all; the smoke profile a few)
 
@@ -378,7 +383,10 @@ def run_cyclic(train: Sequence, test: Sequence, truths_of_test: dict[str, Sequen
         _, lab = tc.tile_labels(truths[s.name] > 0, corners, tile, settings.front_positive_fraction)
         front_masks[s.name] = cy.pseudo_masks(relevance_map(front, s.rgb, lab, tile, fe_cfg), fe_cfg)
     labels_used = int(len(y))
-    mcfg = MODEL_PROFILES[profile].with_(weights=weights, detector_start=False, classifier_start=False)
+    if settings.back_end_start not in ("detector", "trunk"):
+        raise ValueError(f"back_end_start must be 'detector' or 'trunk', not {settings.back_end_start!r}")
+    from_detector = settings.back_end_start == "detector"
+    mcfg = MODEL_PROFILES[profile].with_(weights=weights, detector_start=from_detector, classifier_start=from_detector)
     tcfg = TRAIN_PROFILES[profile].with_(iterations=settings.back_end_iterations, freeze_detection_at=None,
                                          finetune_lr=None, eval_every=0, class_balance=0.0,
                                          checkpoint_every=max(1, settings.back_end_iterations))
@@ -427,6 +435,7 @@ def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
 #: The systems of the ladder, cheapest label first: (system, seed, kind of label).
 SYSTEMS: tuple[tuple[str, str, str], ...] = (
     ("heuristic bootstrap", "notebook 02", "none"),
+    ("pretrained detector", "the models' start", "none on this cohort (a separate synthetic one, fully labelled)"),
     ("Cyclic Learning", "seed 004", "image-level"),
     ("tile classifier", "seed 002", "tile-level"),
     ("U-Net small", "seed 003", "pixel masks"),
@@ -500,6 +509,22 @@ def bootstrap_run() -> BaselineRun:
                        seconds=0.0)
 
 
+def pretrained_detector_run(profile: str, weights: str | None) -> BaselineRun | None:
+    """The detector every model here starts from (with a synthetic-pretrained trunk: the detector pretrained with it
+    on a separate, fully labelled synthetic cohort), applied as it is: what the start alone scores, before any label
+    of the study's cohort. None when ``weights`` is not a synthetic-pretrained start (no pretrained detector)."""
+    from ..model.architecture import build_model
+    from ..model.pretrain import TOKEN_PREFIX
+    from ..model.train import MODEL_PROFILES
+
+    if not (isinstance(weights, str) and weights.startswith(TOKEN_PREFIX)):
+        return None
+    model = build_model(MODEL_PROFILES[profile].with_(weights=weights, detector_start=True, classifier_start=True))
+    model.eval()
+    return BaselineRun("pretrained detector", lambda rgb: from_detections(model.predict(rgb), rgb.shape[:2]),
+                       labels_used=0, seconds=0.0)
+
+
 def _experiment_seconds(model_dir: Path) -> float:
     import json
 
@@ -536,6 +561,11 @@ def run_ladder(samples: Sequence, generator: Sequence | None, assignment: pd.Dat
         if gen_by_name:
             tests["generator"] = [gen_by_name[s.name] for s in test if s.name in gen_by_name]
         fold_runs = [bootstrap_run()]
+        start = pretrained_detector_run(profile, weights)
+        if start is not None:
+            fold_runs.append(start)
+        elif fold == settings.folds[0]:
+            notes.append("no synthetic-pretrained detector in this profile's start: no 'pretrained detector' row")
         cyc, cyc_rows, cyc_preds = run_cyclic(train, test, tests, settings, profile=profile, weights=weights,
                                       out_dir=Path(out_dir) / f"cyclic_fold{fold}", seed=seed, progress=progress,
                                       say=None)
