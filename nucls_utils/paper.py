@@ -142,9 +142,11 @@ _SCALARS: tuple[PaperNumber, ...] = (
     _N("seed002.tile_f1_weighted", 97.33, "seed 002 (tile classifier), Results",
        "test F1 (%, weighted over the two classes) of 256 px tiles labelled nucleus / no nucleus, its own data"),
     _N("seed003.count_deviation_small", 42.6, "seed 003 (U-Nets), notebook 05 as quoted by issue 18",
-       "nuclei count deviation (%) of the small U-Net on CryoNuSeg (not in the seed text we hold)", quoted=False),
+       "count deviation (%) of the small U-Net on CryoNuSeg, from issue 18's words 'the seed reports 42.6 / 56.0 % "
+       "for its two nets on CryoNuSeg' (not in the seed text we hold)", quoted=False),
     _N("seed003.count_deviation_full", 56.0, "seed 003 (U-Nets), notebook 06 as quoted by issue 18",
-       "nuclei count deviation (%) of the full-depth U-Net on CryoNuSeg (not in the seed text we hold)", quoted=False),
+       "count deviation (%) of the full-depth U-Net on CryoNuSeg, from issue 18's words 'the seed reports 42.6 / "
+       "56.0 % for its two nets on CryoNuSeg' (not in the seed text we hold)", quoted=False),
 )
 
 #: Table 1's metric keys (results of :func:`nucls_utils.evaluation.evaluate_model`, percent) in the paper's order.
