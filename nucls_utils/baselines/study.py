@@ -395,7 +395,7 @@ def run_cyclic(train: Sequence, test: Sequence, truths_of_test: dict[str, Sequen
     for cycle in range(1, settings.cycles + 1):
         c0 = time.perf_counter()
         pseudo = [pseudo_sample(s, current[s.name]) for s in pool]
-        pseudo_dice = float(np.mean([_dice(truths[s.name], current[s.name]) for s in pool]))
+        pseudo_dice = cy.mean_dice([truths[s.name] for s in pool], [current[s.name] for s in pool])
         stream = TrainingStream(pseudo, np.ones(len(pseudo)), batch_size=tcfg.batch_size, crop=tcfg.crop,
                                 classes=model_classes(mcfg.level), seed=seed + cycle, augment=tcfg.augment)
         model, _ = train_model(mcfg, tcfg, stream, Path(out_dir) / f"cycle{cycle}", seed=seed + cycle,
@@ -421,12 +421,6 @@ def run_cyclic(train: Sequence, test: Sequence, truths_of_test: dict[str, Sequen
                       info={"front_end_accuracy": float(fe_hist["accuracy"].iloc[-1]), "tiles": len(y),
                             "positive_share": float(np.mean(y)), "fovs": len(pool)}, history=fe_hist)
     return run, pd.DataFrame(rows), preds
-
-
-def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
-    t, p = truth > 0, pred > 0
-    d = int(t.sum() + p.sum())
-    return 2 * int((t & p).sum()) / d if d else np.nan
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,6 +519,10 @@ def pretrained_detector_run(profile: str, weights: str | None) -> BaselineRun | 
                        labels_used=0, seconds=0.0)
 
 
+def _stored_only(rgb: np.ndarray) -> FovPrediction:
+    raise RuntimeError("this fold's NuCLS row is scored from notebook 05's stored predictions, not predicted again")
+
+
 def _experiment_seconds(model_dir: Path) -> float:
     import json
 
@@ -592,7 +590,7 @@ def run_ladder(samples: Sequence, generator: Sequence | None, assignment: pd.Dat
             boxes = int(sum(len(s) for s in train))
             if fold == settings.folds[0]:
                 runs["NuCLS"] = nucls_run(model_dir, boxes)
-            fold_runs.append(BaselineRun("NuCLS", runs.get("NuCLS", bootstrap_run()).predict, labels_used=boxes,
+            fold_runs.append(BaselineRun("NuCLS", _stored_only, labels_used=boxes,
                                          seconds=_experiment_seconds(model_dir)))
         else:
             notes.append(f"fold {fold}: no NuCLS predictions at {stored.parent.name}/{stored.name} (run notebook 05 "
