@@ -140,6 +140,13 @@ STAGES: dict[str, dict[str, dict]] = {
                     front_end=dict(epochs=5), front_max=3000, cyclic_fovs=30, cycles=2, back_end_iterations=100),
         "paper": dict(),
     },
+    # phantom.slide.SlideSpec: the synthetic whole slide of notebook 09 (level-0 px at 0.25 um/px, a 40x scan).
+    # smoke: 250 x 200 microns, a few tiles; cpu: 1 x 1 mm, notebook 09 in a few minutes on 2 cores; paper: 4 x 3 mm
+    "slide": {
+        "smoke": dict(width_px=1000, height_px=800),
+        "cpu": dict(width_px=4000, height_px=4000),
+        "paper": dict(width_px=16000, height_px=12000),
+    },
 }
 
 #: Where each stage's config class lives (module, class), for :func:`table`.
@@ -151,6 +158,7 @@ _STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "training": ("nucls_utils.model.train", "TRAIN_PROFILES"),
     "classifier": ("nucls_utils.model.classifier", "CLASSIFIER_PROFILES"),
     "baselines": ("nucls_utils.baselines.study", "BASELINE_PROFILES"),
+    "slide": ("nucls_utils.phantom.slide", "SLIDE_SPECS"),
 }
 
 

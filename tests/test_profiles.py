@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def _registries():
     from nucls_utils.baselines import study
     from nucls_utils.model import classifier, pretrain, train
-    from nucls_utils.phantom import cohort
+    from nucls_utils.phantom import cohort, slide
     from nucls_utils.suggestions import refine
 
     return {"cohort": cohort.PROFILE_SPECS, "pretrain": pretrain.PRETRAIN_PROFILES, "refiner": refine.REFINER_PROFILES,
             "model": train.MODEL_PROFILES, "training": train.TRAIN_PROFILES,
-            "classifier": classifier.CLASSIFIER_PROFILES, "baselines": study.BASELINE_PROFILES}
+            "classifier": classifier.CLASSIFIER_PROFILES, "baselines": study.BASELINE_PROFILES,
+            "slide": slide.SLIDE_SPECS}
 
 
 def test_every_stage_registry_is_built_from_the_profiles_module():

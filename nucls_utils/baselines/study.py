@@ -570,6 +570,8 @@ def run_ladder(samples: Sequence, generator: Sequence | None, assignment: pd.Dat
         cycles.append(cyc_rows.assign(fold=fold))
         fold_runs.append(cyc)
         tile = run_tile_classifier(train, settings, seed=seed)
+        tc.save_tile_classifier(tile.info["model"], Path(out_dir) / f"tile_classifier_fold{fold}.pt",
+                                {"fold": fold, "profile": profile, "seed": seed, "config": settings.tile.to_dict()})
         rounds.append(tile.history.assign(fold=fold))
         tile_rows.append({"fold": fold, **tile_f1_on(tile.info["model"], test, settings.tile.positive_fraction)})
         fold_runs.append(tile)

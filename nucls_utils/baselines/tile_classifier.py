@@ -40,7 +40,8 @@ from ..evaluation import f1_from_counts
 from ._seed import seeded
 
 __all__ = ["TileClassifierConfig", "LeNetTiles", "tile_grid", "tile_labels", "extract_tiles",
-           "train_tile_classifier", "predict_tiles", "fit_with_pseudo_labels", "probability_map", "tile_f1"]
+           "train_tile_classifier", "predict_tiles", "fit_with_pseudo_labels", "probability_map", "tile_f1",
+           "save_tile_classifier", "load_tile_classifier"]
 
 
 @dataclass(frozen=True)
@@ -287,3 +288,32 @@ def tile_f1(truth: np.ndarray, pred: np.ndarray, average: str = "positive") -> f
         n = len(truth)
         return sum(np.sum(truth == c) / n * f1(c) for c in (0, 1) if np.any(truth == c)) if n else 0.0
     raise ValueError(f"average must be 'positive' or 'weighted', not {average!r}")
+
+
+def save_tile_classifier(model: LeNetTiles, path, info: dict | None = None):
+    """Write ``model`` (its tile side and weights, and ``info``) to ``path`` atomically; returns the path."""
+    from pathlib import Path
+
+    from ..io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"kind": "LeNetTiles", "tile": model.tile, "state_dict": model.state_dict(), "info": info or {}},
+                   tmp)
+    return path
+
+
+def load_tile_classifier(path, device: str | None = None) -> LeNetTiles:
+    """A tile classifier written by :func:`save_tile_classifier` (eval mode)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tile classifier file (notebook 08 writes results/<data>/08_baselines/"
+                                "tile_classifier_fold1.pt)")
+    blob = torch.load(path, map_location=device or "cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("kind") != "LeNetTiles":
+        raise ValueError(f"{path}: not a tile classifier written by save_tile_classifier")
+    model = LeNetTiles(blob["tile"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

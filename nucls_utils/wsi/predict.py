@@ -1,0 +1,614 @@
+"""The NuCLS model on a whole slide: tissue tiles, core ownership, resumable per-tile outputs, one merge.
+
+:func:`predict_slide` is what ``python -m nucls_utils.wsi predict`` runs:
+
+1. **Plan** (the caller's process): open the slide, read a thumbnail, find tissue (:mod:`.tissue`), estimate the
+   slide's H&E stain vectors on the thumbnail's tissue (one Macenko estimate for the whole slide, so neighbouring
+   tiles are normalised alike), and lay the tiles of :func:`nucls_utils.model.inference.iter_tiles` over the slide
+   *in model pixels* (0.2 microns per pixel). Tiles with less than ``min_tissue`` of tissue are skipped.
+2. **Tiles** (in this process, or one task per tile on a Dask cluster): read the level-0 pixels under the tile and
+   resample them to 0.2 um/px with one affine map of the whole slide (so a model pixel has the same value whichever
+   tile reads it), normalise, predict, keep the detections whose box centre lies in the tile's core, and write them
+   to ``tiles/r<row>_c<col>.parquet`` (level-0 coordinates, polygons traced from the mask head). Each file is
+   written atomically: a killed run loses only the tiles in flight, and a re-run skips every tile already written.
+3. **Merge** (the caller's process): one class-agnostic greedy NMS over every kept box (the residual duplicates of
+   nuclei whose box centre moves across a core boundary between two tiles' predictions), reading only boxes and
+   scores; then the kept rows are streamed tile by tile into ``nuclei.parquet``, ``nuclei.geojson`` (QuPath),
+   ``annotations_dsa.json`` (HistomicsUI / DSA), the density grids of ``heatmap.png`` and ``summary.json``
+   (:mod:`.export`).
+
+The result is, by construction, :func:`~nucls_utils.model.inference.predict_tiled` applied to the whole slide
+resampled to 0.2 um/px (tests/test_wsi.py checks it), computed with memory bounded by one tile plus the boxes of
+the slide's nuclei.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import MICRONS_PER_PIXEL
+from ..io.atomic import atomic_path
+from ..progress import tqdm
+from .reader import open_slide
+from .tissue import TISSUE_METHODS, tile_tissue_fraction, tissue_mask
+
+__all__ = ["WSI_VERSION", "MODEL_MPP", "WsiConfig", "TileJob", "SlidePlan", "plan_slide", "read_model_window",
+           "mask_polygons", "tile_table", "run_tile", "predict_slide", "tile_path", "run_key", "check_model_dir",
+           "merged_keep", "predict_cohort", "RunMismatch"]
+
+#: Version of the outputs' layout; part of the run key (a change starts a run over).
+WSI_VERSION = 1
+#: Microns per pixel the NuCLS model works at.
+MODEL_MPP = MICRONS_PER_PIXEL
+
+
+class RunMismatch(RuntimeError):
+    """The output folder holds tiles of another slide, model or setting."""
+
+
+@dataclass(frozen=True)
+class WsiConfig:
+    """Settings of a whole-slide prediction (sizes in model pixels, 0.2 um/px)."""
+
+    #: tile side and overlap: those of :func:`nucls_utils.model.inference.predict_tiled` (``DEFAULT_TILE``,
+    #: ``DEFAULT_OVERLAP``; not imported here, so that reading this module does not load torch; a test keeps them
+    #: equal)
+    tile: int = 512
+    overlap: int = 96
+    tissue_method: str = "otsu"
+    #: a tile with less than this share of tissue (on the thumbnail's mask) is not predicted (0: every tile)
+    min_tissue: float = 0.05
+    thumbnail_side: int = 2048
+    #: Macenko-normalise every tile with the slide's stain vectors, as the study normalised its FOVs
+    normalise: bool = True
+    mask_threshold: float = 0.5
+    #: Douglas-Peucker tolerance of the traced outlines, in mask-head cells (28 per box side)
+    polygon_tolerance: float = 0.5
+    #: side of the cells of the heatmap and of the stroma rule, microns
+    grid_um: float = 50.0
+
+    def __post_init__(self):
+        if self.tissue_method not in TISSUE_METHODS:
+            raise ValueError(f"tissue_method must be one of {', '.join(TISSUE_METHODS)}, not {self.tissue_method!r}")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"min_tissue must lie in [0, 1], not {self.min_tissue}")
+        if self.overlap >= self.tile or self.tile < 32:
+            raise ValueError(f"need 32 <= tile and overlap < tile, not tile {self.tile}, overlap {self.overlap}")
+
+    def with_(self, **changes) -> WsiConfig:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """One tile: its window and core in model pixels, and the file its nuclei go to."""
+
+    row: int
+    col: int
+    window: tuple[int, int, int, int]  # x0, y0, x1, y1
+    core: tuple[float, float, float, float]  # xlo, xhi, ylo, yhi
+    tissue: float
+
+
+@dataclass
+class SlidePlan:
+    """Everything the tiles need, computed once in the caller's process (small; pickled to the workers)."""
+
+    slide_path: str
+    reader: str
+    mpp: float
+    mpp_source: str
+    width: int
+    height: int
+    model_scale: float  # model pixels per level-0 pixel (mpp / 0.2)
+    config: WsiConfig
+    stain_matrix: np.ndarray | None
+    thumbnail: np.ndarray
+    thumb_downsample: float  # level-0 pixels per thumbnail pixel
+    tissue: np.ndarray
+    jobs: list[TileJob] = field(default_factory=list)
+    n_tiles_total: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def model_shape(self) -> tuple[int, int]:
+        return _model_shape(self.width, self.height, self.model_scale)
+
+
+def _model_shape(width: int, height: int, scale: float) -> tuple[int, int]:
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def _slide_stain_matrix(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    from ..model.data import _macenko_w, _od
+
+    pixels = thumbnail[mask]
+    if len(pixels) < 100:
+        return None
+    return _macenko_w(_od(pixels.reshape(-1, 1, 3)), min_tissue_fraction=0.01)
+
+
+def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = None, *, mpp: float | None = None,
+               reader: str = "auto") -> SlidePlan:
+    """Open the slide, find its tissue and lay out the tiles (step 1 of the module docstring)."""
+    config = config or WsiConfig()
+    t0 = time.perf_counter()
+    with open_slide(slide_path, mpp=mpp, reader=reader) as slide:
+        t_open = time.perf_counter()
+        thumb, ds = slide.thumbnail(config.thumbnail_side)
+        t_thumb = time.perf_counter()
+        mask = tissue_mask(thumb, method=config.tissue_method, um_per_px=ds * slide.mpp)
+        stain = _slide_stain_matrix(thumb, mask) if config.normalise else None
+        if config.normalise and stain is None:
+            import warnings
+
+            warnings.warn(f"{slide.path.name}: too little tissue for a slide-level stain estimate; tiles are not "
+                          "normalised", RuntimeWarning, stacklevel=2)
+        scale = slide.mpp / MODEL_MPP
+        plan = SlidePlan(str(slide.path), slide.reader, slide.mpp, slide.mpp_source, slide.width, slide.height, scale,
+                         config, stain, thumb, ds, mask)
+    from ..model.inference import iter_tiles, tile_starts
+
+    h, w = plan.model_shape
+    n_cols = len(tile_starts(w, config.tile, config.overlap))
+    for i, (y0, x0, y1, x1, (ylo, yhi), (xlo, xhi)) in enumerate(iter_tiles((h, w), config.tile, config.overlap)):
+        row, col = divmod(i, n_cols)
+        plan.n_tiles_total += 1
+        frac = tile_tissue_fraction(mask, ds, x0 / scale, y0 / scale, (x1 - x0) / scale, (y1 - y0) / scale)
+        if frac >= config.min_tissue:
+            plan.jobs.append(TileJob(int(row), int(col), (x0, y0, x1, y1), (xlo, xhi, ylo, yhi), round(frac, 4)))
+    plan.seconds = {"open": t_open - t0, "thumbnail": t_thumb - t_open,
+                    "tissue": time.perf_counter() - t_thumb}
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixels of a tile
+# ---------------------------------------------------------------------------------------------------------------
+def _axis_weights(start: int, stop: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """For model pixels ``start .. stop - 1`` of an axis: the level-0 pixel left of the sample and the weight of
+    the one right of it (bilinear, pixel centres aligned), from absolute coordinates only."""
+    src = (np.arange(start, stop, dtype=np.float64) + 0.5) / scale - 0.5
+    left = np.floor(src).astype(np.int64)
+    return left, (src - left).astype(np.float32)
+
+
+def read_model_window(slide, scale: float, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """RGB of the model-pixel window ``[x0, x1) x [y0, y1)``: level-0 pixels resampled by ``scale``.
+
+    Model pixel ``(X, Y)`` (centre ``X + 0.5``) is the bilinear interpolation of the slide at
+    ``((X + 0.5) / scale - 0.5, (Y + 0.5) / scale - 0.5)``; beyond the slide is white. The weights come from the
+    absolute coordinates alone, so a model pixel has the same value, to the bit, whichever window reads it (tiles
+    agree on their overlaps, and a slide predicted tile by tile is the resampled slide predicted tile by tile). A
+    slide finer than the model (``scale < 1``) is first smoothed against aliasing (Gaussian, sigma
+    ``sqrt(1/scale^2 - 1) / 2`` level-0 px); there the agreement holds to the smoothing's rounding.
+    """
+    if abs(scale - 1.0) < 1e-9:
+        return slide.read(x0, y0, x1 - x0, y1 - y0)
+    lx, fx = _axis_weights(x0, x1, scale)
+    ly, fy = _axis_weights(y0, y1, scale)
+    pad = 0
+    if scale < 1.0:
+        sigma = float(np.sqrt(1.0 / scale ** 2 - 1.0) / 2.0)
+        pad = int(np.ceil(3 * sigma)) + 1
+    sx0, sy0 = int(lx[0]) - pad, int(ly[0]) - pad
+    region = slide.read(sx0, sy0, int(lx[-1]) + 2 + pad - sx0, int(ly[-1]) + 2 + pad - sy0)
+    if pad:
+        import cv2
+
+        region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    region = region.astype(np.float32)
+    cx, cy = lx - sx0, ly - sy0
+    wx = fx[None, :, None]
+    top = region[cy][:, cx] * (1 - wx) + region[cy][:, cx + 1] * wx
+    bottom = region[cy + 1][:, cx] * (1 - wx) + region[cy + 1][:, cx + 1] * wx
+    wy = fy[:, None, None]
+    out = top * (1 - wy) + bottom * wy
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _normalise(rgb: np.ndarray, stain: np.ndarray | None) -> np.ndarray:
+    if stain is None:
+        return rgb
+    from histomicstk.preprocessing.color_normalization import deconvolution_based_normalization
+
+    from ..model.data import MACENKO_TARGET_W
+
+    with np.errstate(all="ignore"):
+        out = deconvolution_based_normalization(rgb, W_source=stain, W_target=MACENKO_TARGET_W)
+    return np.asarray(out).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detections -> rows
+# ---------------------------------------------------------------------------------------------------------------
+def mask_polygons(det, threshold: float = 0.5, tolerance: float = 0.5
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outline ``(xs, ys)`` of each detection, traced on its mask-head probabilities at ``threshold``.
+
+    The contour (marching squares on the ``M x M`` map, padded so it closes) is mapped from mask cells to the box
+    (cell ``i`` centred at ``x0 + (i + 0.5) (x1 - x0) / M``), simplified (Douglas-Peucker, ``tolerance`` cells) and
+    closed (first vertex repeated). The largest contour is kept; a mask with none above the threshold gives the box.
+    """
+    from skimage.measure import approximate_polygon, find_contours
+
+    out = []
+    for k, box in enumerate(det.boxes):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ring = None
+        if det.mask_probs is not None:
+            m = det.mask_probs[k]
+            contours = find_contours(np.pad(m, 1), threshold)
+            if contours:
+                c = max(contours, key=len)
+                c = approximate_polygon(c, tolerance) if tolerance > 0 else c
+                if len(c) >= 4:
+                    size = m.shape[0]
+                    ys = y0 + (c[:, 0] - 1 + 0.5) * (y1 - y0) / size
+                    xs = x0 + (c[:, 1] - 1 + 0.5) * (x1 - x0) / size
+                    ring = (np.append(xs, xs[0]) if (xs[0], ys[0]) != (xs[-1], ys[-1]) else xs,
+                            np.append(ys, ys[0]) if (xs[0], ys[0]) != (xs[-1], ys[-1]) else ys)
+        if ring is None:
+            ring = (np.array([x0, x1, x1, x0, x0]), np.array([y0, y0, y1, y1, y0]))
+        out.append(ring)
+    return out
+
+
+def _ring_area_centroid(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
+    cross = xs[:-1] * ys[1:] - xs[1:] * ys[:-1]
+    a = cross.sum() / 2.0
+    if abs(a) < 1e-9:
+        return 0.0, float(xs.mean()), float(ys.mean())
+    cx = ((xs[:-1] + xs[1:]) * cross).sum() / (6.0 * a)
+    cy = ((ys[:-1] + ys[1:]) * cross).sum() / (6.0 * a)
+    return abs(a), float(cx), float(cy)
+
+
+def tile_table(det, scale: float, mpp: float, row: int = 0, col: int = 0, *,
+               mask_threshold: float = 0.5, tolerance: float = 0.5):
+    """One tile's detections (model pixels of the slide) as a pyarrow Table in level-0 pixels (see :mod:`.export`)."""
+    import pyarrow as pa
+
+    from .. import taxonomy as tx
+
+    rings = mask_polygons(det, mask_threshold, tolerance)
+    n = len(det)
+    cx, cy, area = np.zeros(n), np.zeros(n), np.zeros(n)
+    px, py = [], []
+    for k, (xs, ys) in enumerate(rings):
+        xs, ys = xs / scale, ys / scale
+        a, cx[k], cy[k] = _ring_area_centroid(xs, ys)
+        area[k] = a * mpp ** 2
+        px.append(xs.astype(np.float32))
+        py.append(ys.astype(np.float32))
+    labels = [str(v) for v in det.labels]
+    boxes = det.boxes.astype(np.float64) / scale
+    cols = {
+        "x": pa.array(cx, pa.float64()), "y": pa.array(cy, pa.float64()),
+        "xmin": pa.array(boxes[:, 0]), "ymin": pa.array(boxes[:, 1]),
+        "xmax": pa.array(boxes[:, 2]), "ymax": pa.array(boxes[:, 3]),
+        "polygon_x": pa.array(px, pa.list_(pa.float32())), "polygon_y": pa.array(py, pa.list_(pa.float32())),
+        "area_um2": pa.array(area, pa.float64()),
+        "class": pa.array(labels, pa.string()),
+        "super_class": pa.array([tx.MAIN_TO_SUPER.get(c, c) for c in labels], pa.string()),
+        "objectness": pa.array(det.scores.astype(np.float64)),
+    }
+    for j, c in enumerate(det.classes):
+        cols[f"prob_{c}"] = pa.array(det.probs[:, j].astype(np.float64))
+    cols["tile_row"] = pa.array(np.full(n, row, np.int32))
+    cols["tile_col"] = pa.array(np.full(n, col, np.int32))
+    return pa.table(cols)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One tile (in this process or on a worker)
+# ---------------------------------------------------------------------------------------------------------------
+def tile_path(out_dir: str | os.PathLike[str], job: TileJob) -> Path:
+    return Path(out_dir) / "tiles" / f"r{job.row:04d}_c{job.col:04d}.parquet"
+
+
+#: per process: open slides and loaded models, so a worker pays for them once, not once per tile
+_STATE: dict = {}
+
+
+def _predictor(model, device: str | None, threads: int | None):
+    """``(tile_rgb -> Detections, class names)`` for a model directory or a callable (cached per process)."""
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    if callable(model) and not isinstance(model, (str, os.PathLike)):
+        return model
+    key = ("model", str(model), device)
+    if key not in _STATE:
+        from ..model.train import load_trained
+
+        net = load_trained(model, device=device)
+        _STATE[key] = lambda rgb, _net=net: _net.predict(rgb)
+    return _STATE[key]
+
+
+def _slide(plan: SlidePlan):
+    key = ("slide", plan.slide_path, plan.reader, plan.mpp)
+    if key not in _STATE:
+        _STATE[key] = open_slide(plan.slide_path, mpp=plan.mpp, reader=plan.reader)
+    return _STATE[key]
+
+
+def run_tile(plan: SlidePlan, job: TileJob, model, out_dir: str | os.PathLike[str], *, device: str | None = None,
+             threads: int | None = None) -> dict:
+    """Predict one tile and write its kept nuclei (step 2 of the module docstring); returns its counts and times."""
+    import pyarrow.parquet as pq
+
+    from ..model.detections import Detections
+
+    target = tile_path(out_dir, job)
+    if target.is_file():
+        return {"row": job.row, "col": job.col, "nuclei": pq.read_metadata(target).num_rows, "reused": True}
+    predict = _predictor(model, device, threads)
+    t0 = time.perf_counter()
+    x0, y0, x1, y1 = job.window
+    rgb = read_model_window(_slide(plan), plan.model_scale, x0, y0, x1, y1)
+    t1 = time.perf_counter()
+    rgb = _normalise(rgb, plan.stain_matrix)
+    t2 = time.perf_counter()
+    det = predict(rgb)
+    if not isinstance(det, Detections):
+        raise TypeError(f"the tile predictor returned {type(det).__name__}, not Detections")
+    t3 = time.perf_counter()
+    det = det.shifted(x0, y0)
+    xlo, xhi, ylo, yhi = job.core
+    cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2.0
+    cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2.0
+    det = det.select((cx >= xlo) & (cx < xhi) & (cy >= ylo) & (cy < yhi))
+    det = det.select(np.argsort(-det.scores, kind="stable"))
+    table = tile_table(det, plan.model_scale, plan.mpp, job.row, job.col, mask_threshold=plan.config.mask_threshold,
+                       tolerance=plan.config.polygon_tolerance)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+    t4 = time.perf_counter()
+    return {"row": job.row, "col": job.col, "nuclei": len(det), "reused": False, "read_s": t1 - t0,
+            "normalise_s": t2 - t1, "model_s": t3 - t2, "write_s": t4 - t3}
+
+
+def _run_tile_task(job: TileJob, plan: SlidePlan, model, out_dir: str, device: str | None, threads: int | None
+                   ) -> dict:
+    return run_tile(plan, job, model, out_dir, device=device, threads=threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole slide
+# ---------------------------------------------------------------------------------------------------------------
+def _file_sha256(path: Path, limit: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit) if limit else fh.read())
+    return h.hexdigest()[:16]
+
+
+def _model_identity(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        weights = Path(model) / "model.pt"
+        return f"model.pt:{_file_sha256(weights)}"
+    name = getattr(model, "__qualname__", None) or type(model).__qualname__
+    return f"callable:{getattr(model, '__module__', '')}.{name}"
+
+
+def run_key(plan: SlidePlan, model) -> dict:
+    """What the tiles in an output folder were computed from (the slide's size and head bytes, the model's weights,
+    the settings): tiles are reused only under the same key."""
+    path = Path(plan.slide_path)
+    return {"wsi_version": WSI_VERSION, "slide": path.name, "slide_bytes": path.stat().st_size,
+            "slide_head_sha256": _file_sha256(path, 1 << 20), "mpp": plan.mpp, "level0": [plan.width, plan.height],
+            "model": _model_identity(model), "config": asdict(plan.config)}
+
+
+def check_model_dir(model) -> None:
+    if isinstance(model, (str, os.PathLike)):
+        d = Path(model)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such model directory")
+        if not (d / "model.pt").is_file():
+            raise FileNotFoundError(f"{d}: no model.pt in the model directory (the weights notebook 05 writes, e.g. "
+                                    "results/<data>/05_training/models/config3_fold1)")
+    elif not callable(model):
+        raise TypeError(f"model must be a model directory or a callable tile_rgb -> Detections, not "
+                        f"{type(model).__name__}")
+
+
+def _prepare_out(out_dir: Path, key: dict, overwrite: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_file = out_dir / "run.json"
+    if key_file.is_file():
+        old = json.loads(key_file.read_text())
+        if old != key:
+            if not overwrite:
+                diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+                raise RunMismatch(f"{out_dir} holds tiles of another run (differs in: {', '.join(diff)}); pass "
+                                  "--overwrite (overwrite=True) to start over, or choose another output folder")
+            shutil.rmtree(out_dir / "tiles", ignore_errors=True)
+    with atomic_path(key_file) as tmp:
+        tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
+
+
+def _execute(pairs: Sequence[tuple[SlidePlan, Path]], model, *, workers: int, threads: int | None,
+             scheduler: str | None, device: str | None, progress: bool) -> list[list[dict]]:
+    """Run every tile of every ``(plan, out_dir)``: in this process, or as tasks of one Dask cluster."""
+    results: list[list[dict]] = [[] for _ in pairs]
+    n_jobs = sum(len(plan.jobs) for plan, _ in pairs)
+    name = Path(pairs[0][0].slide_path).name if len(pairs) == 1 else f"{len(pairs)} slides"
+    bar = tqdm(total=n_jobs, desc=f"tiles of {name}", unit="tile", disable=not progress)
+    found = 0
+
+    def record(i: int, res: dict) -> None:
+        nonlocal found
+        results[i].append(res)
+        found += res["nuclei"]
+        bar.set_postfix(nuclei=found, refresh=False)
+        bar.update()
+
+    try:
+        if not scheduler and workers <= 0:
+            for i, (plan, out_dir) in enumerate(pairs):
+                for job in plan.jobs:
+                    record(i, run_tile(plan, job, model, out_dir, device=device, threads=threads))
+        else:
+            from distributed import as_completed
+
+            from .cluster import dask_client
+
+            with dask_client(workers=workers, scheduler=scheduler, threads=threads) as client:
+                owner = {}
+                futures = []
+                for i, (plan, out_dir) in enumerate(pairs):
+                    plan_f = client.scatter(plan, broadcast=True)
+                    fs = client.map(_run_tile_task, plan.jobs, plan=plan_f, model=model, out_dir=str(out_dir),
+                                    device=device, threads=threads, pure=False)
+                    owner.update({f.key: i for f in fs})
+                    futures += fs
+                for fut in as_completed(futures):
+                    record(owner[fut.key], fut.result())
+                    fut.release()
+    finally:
+        bar.close()
+    return results
+
+
+def predict_cohort(slide_paths: Sequence[str | os.PathLike[str]], model, out_dir: str | os.PathLike[str],
+                   config: WsiConfig | None = None, *, mpp: float | None = None, reader: str = "auto",
+                   workers: int = 0, threads: int | None = None, scheduler: str | None = None,
+                   device: str | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
+    """:func:`predict_slide` for several slides on one cluster: every tile of every slide is a task; slide ``s``
+    goes to ``out_dir/<s's name without suffix>/``. Returns the slides' summaries."""
+    names = [Path(p).stem for p in slide_paths]
+    if len(set(names)) != len(names):
+        raise ValueError("two slides share a name; their outputs would collide: " + ", ".join(sorted(
+            n for n in set(names) if names.count(n) > 1)))
+    return _predict_many([(p, Path(out_dir) / n) for p, n in zip(slide_paths, names, strict=True)], model,
+                         config, mpp=mpp, reader=reader, workers=workers, threads=threads, scheduler=scheduler,
+                         device=device, overwrite=overwrite, progress=progress)
+
+
+def _predict_many(targets, model, config, *, mpp, reader, workers, threads, scheduler, device, overwrite,
+                  progress, plans: Sequence[SlidePlan] | None = None) -> list[dict]:
+    from .export import write_outputs, write_summary
+
+    t_start = time.perf_counter()
+    check_model_dir(model)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    plans = list(plans) if plans is not None else [plan_slide(p, config, mpp=mpp, reader=reader) for p, _ in targets]
+    pairs = []
+    for plan, (_, out) in zip(plans, targets, strict=True):
+        _prepare_out(Path(out), run_key(plan, model), overwrite)
+        pairs.append((plan, Path(out)))
+    t_tiles = time.perf_counter()
+    results = _execute(pairs, model, workers=workers, threads=threads, scheduler=scheduler, device=device,
+                       progress=progress)
+    t_merge = time.perf_counter()
+    nms_iou = _model_nms_iou(model)
+    summaries = []
+    for (plan, out), res in zip(pairs, results, strict=True):
+        t0 = time.perf_counter()
+        summary = write_outputs(plan, out, nms_iou=nms_iou)
+        fresh = [r for r in res if not r.get("reused")]
+        summary["run"] = {
+            "tiles_predicted": len(fresh), "tiles_reused": len(res) - len(fresh), "workers": workers,
+            "scheduler": "given" if scheduler else ("local cluster" if workers > 0 else "in process"),
+            "threads": threads, "device": device,
+            "seconds": {**{k: round(v, 3) for k, v in plan.seconds.items()},
+                        **{k: round(sum(r.get(f"{k}_s", 0.0) for r in fresh), 3)
+                           for k in ("read", "normalise", "model", "write")},
+                        "tiles_wall": round(t_merge - t_tiles, 3), "merge": round(time.perf_counter() - t0, 3),
+                        "total": round(time.perf_counter() - t_start, 3)},
+        }
+        write_summary(summary, out)
+        summaries.append({**summary, "out_dir": str(out)})
+    return summaries
+
+
+def predict_slide(slide_path: str | os.PathLike[str], model, out_dir: str | os.PathLike[str],
+                  config: WsiConfig | None = None, *, mpp: float | None = None, reader: str = "auto",
+                  workers: int = 0, threads: int | None = None, scheduler: str | None = None,
+                  device: str | None = None, overwrite: bool = False, progress: bool = True,
+                  plan: SlidePlan | None = None) -> dict:
+    """Predict every nucleus of a slide (see the module docstring); returns the slide summary (:mod:`.export`).
+
+    Parameters
+    ----------
+    slide_path : path
+        Any slide :func:`~nucls_utils.wsi.reader.open_slide` reads.
+    model : path or callable
+        A model directory holding ``model.pt`` (notebook 05's ``results/<data>/05_training/models/<experiment>``)
+        or a function ``tile_rgb -> Detections`` (boxes in the tile's pixels; picklable to run on a cluster).
+    out_dir : path
+        Output folder (created): the files of :mod:`.export` and ``tiles/``, kept for resumption.
+    config : WsiConfig, optional
+        Tile size and overlap, tissue detection, normalisation, outline tracing, the summary's grid.
+    mpp, reader :
+        Microns per level-0 pixel overriding the slide's metadata; the reader (:func:`.reader.open_slide`).
+    workers, threads, scheduler :
+        ``workers=0`` (default) predicts in this process; ``workers=N`` starts a local Dask cluster of N worker
+        processes; ``scheduler="tcp://host:8786"`` uses an existing cluster (its workers must see ``slide_path``,
+        the model and ``out_dir`` at the same paths). ``threads``: torch threads per worker (default: torch's).
+    device : ``cpu`` | ``cuda``, optional
+        Default: cuda when available.
+    overwrite : bool
+        Start over when ``out_dir`` holds tiles of another slide, model or setting (else :class:`RunMismatch`).
+    plan : SlidePlan, optional
+        A plan of :func:`plan_slide` to reuse (its slide and settings win over ``slide_path`` and ``config``).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json`` (see :func:`.export.format_summary`), plus ``out_dir``.
+    """
+    return _predict_many([(slide_path, out_dir)], model, config, mpp=mpp, reader=reader, workers=workers,
+                         threads=threads, scheduler=scheduler, device=device, overwrite=overwrite,
+                         progress=progress, plans=None if plan is None else [plan])[0]
+
+
+def _model_nms_iou(model) -> float:
+    if isinstance(model, (str, os.PathLike)):
+        import torch
+
+        blob = torch.load(Path(model) / "model.pt", map_location="cpu", weights_only=False)
+        return float(blob["model_config"].get("nms_iou", 0.2))
+    config = getattr(model, "config", None)
+    return float(getattr(config, "nms_iou", 0.2) or 0.2)
+
+
+def merged_keep(out_dir: Path, jobs: Sequence[TileJob], nms_iou: float) -> dict[tuple[int, int], np.ndarray]:
+    """Per tile, the rows kept by the class-agnostic NMS over every tile's boxes (reads boxes and scores only)."""
+    import pyarrow.parquet as pq
+
+    from ..model.inference import nms
+
+    parts, owners = [], []
+    for job in jobs:
+        t = pq.read_table(tile_path(out_dir, job), columns=["xmin", "ymin", "xmax", "ymax", "objectness"])
+        arr = np.column_stack([t.column(c).to_numpy() for c in t.column_names]) if t.num_rows else np.zeros((0, 5))
+        parts.append(arr)
+        owners.append(np.full(len(arr), len(owners), np.int64))
+    if not parts:
+        return {}
+    allrows = np.concatenate(parts)
+    owner = np.concatenate(owners)
+    local = np.concatenate([np.arange(len(p)) for p in parts])
+    keep = np.zeros(len(allrows), bool)
+    if len(allrows):
+        keep[nms(allrows[:, :4], allrows[:, 4], nms_iou)] = True
+    return {(job.row, job.col): local[(owner == i) & keep] for i, job in enumerate(jobs)}
+
