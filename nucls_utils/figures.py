@@ -58,6 +58,7 @@ _DT = "nucls_utils.dtale."
 _DP = "nucls_utils.plots.dtale."
 _BP = "nucls_utils.plots.baselines."
 _BS = "nucls_utils.baselines.study."
+_WP = "nucls_utils.plots.wsi."
 
 _RT = "nucls_utils.phantom.realism.report_tables"
 _F, _T = "figure", "table"
@@ -238,6 +239,17 @@ _ENTRIES: list[tuple] = [
      "nucls_utils.baselines.tile_classifier.fit_with_pseudo_labels"),
     ("nb08_seed_paper_vs_run", _T, "08_baselines", "", "the seeds' own reported numbers vs this run",
      _BS + "seed_paper_vs_run"),
+    # 09_whole_slide
+    ("nb09_slide_overlay", _F, "09_whole_slide", "", "the model's nuclei on a whole slide, and a region at full "
+     "resolution with the traced outlines", _WP + "plot_slide_overlay"),
+    ("nb09_density_heatmap", _F, "09_whole_slide", "", "nuclei per mm2 of tissue of each super-class over the slide",
+     _WP + "plot_density_heatmap"),
+    ("nb09_detection_vs_truth", _T, "09_whole_slide", "", "the whole-slide prediction against the slide's exact truth",
+     "nucls_utils.wsi.evaluate.score_slide"),
+    ("nb09_slide_summary", _T, "09_whole_slide", "", "nuclei per class and stromal TIL density: predicted vs truth",
+     "nucls_utils.wsi.study.summary_table"),
+    ("nb09_throughput", _T, "09_whole_slide", "", "seconds per stage of the whole-slide prediction",
+     "nucls_utils.wsi.study.timing_table"),
 ]
 
 #: Every figure and table, in the order the notebooks write them.

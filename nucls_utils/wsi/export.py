@@ -29,7 +29,7 @@ from .. import taxonomy as tx
 from ..io.atomic import atomic_path
 
 __all__ = ["STROMA_RULE", "SUPER_SHOWN", "write_outputs", "write_summary", "format_summary", "read_geojson",
-           "geojson_problems", "hex_rgb"]
+           "geojson_problems", "hex_rgb", "stromal_tils", "count_grid", "tissue_grid", "grid_shape", "draw_heatmap"]
 
 #: How the summary finds stroma and counts stromal TILs (printed with the density).
 STROMA_RULE = ("stroma = grid cells ({grid:g} um a side) that are at least half tissue and whose detected nuclei are "
@@ -46,7 +46,7 @@ def hex_rgb(color: str) -> list[int]:
 
 
 def _class_color(name: str) -> list[int]:
-    return hex_rgb(tx.MAIN_COLORS.get(name) or tx.SUPER_COLORS.get(name) or "#9e9e9e")
+    return hex_rgb(tx.class_color(name, "#9e9e9e"))
 
 
 def _feature(row: dict, probs: list[str]) -> dict:
@@ -91,10 +91,8 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
     schema = pa.schema([pa.field("nucleus_id", pa.int64()), *schema])
     probs = [n for n in schema.names if n.startswith("prob_")]
     classes = [n.removeprefix("prob_") for n in probs]
-    index_of = {c: i for i, c in enumerate(classes)}
     grid_px = plan.config.grid_um / plan.mpp
-    gh, gw = math.ceil(plan.height / grid_px), math.ceil(plan.width / grid_px)
-    main_counts = np.zeros((len(classes), gh, gw), np.int64)
+    main_counts = np.zeros((len(classes), *grid_shape(plan)), np.int64)
     next_id = 1
     with atomic_path(out_dir / "nuclei.parquet") as tmp_pq, atomic_path(out_dir / "nuclei.geojson") as tmp_geo, \
             atomic_path(out_dir / "annotations_dsa.json") as tmp_dsa:
@@ -114,10 +112,9 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
                 next_id += table.num_rows
                 table = table.add_column(0, "nucleus_id", pa.array(ids)).cast(schema)
                 writer.write_table(table)
-                cls_idx = np.array([index_of[c] for c in table.column("class").to_pylist()], np.int64)
-                gx = np.clip((table.column("x").to_numpy() / grid_px).astype(int), 0, gw - 1)
-                gy = np.clip((table.column("y").to_numpy() / grid_px).astype(int), 0, gh - 1)
-                np.add.at(main_counts, (cls_idx, gy, gx), 1)
+                main_counts += count_grid(table.column("x").to_numpy(), table.column("y").to_numpy(),
+                                          table.column("class").to_pylist(), classes, grid_px,
+                                          main_counts.shape[1:])
                 for row in table.to_pylist():
                     geo.write(("" if first else ",\n") + json.dumps(_feature(row, probs)))
                     dsa.write(("" if first else ",\n") + json.dumps(_dsa_element(row)))
@@ -128,10 +125,18 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
     return _summarise(plan, out_dir, classes, main_counts, grid_px)
 
 
-def _tissue_fraction_grid(plan, gh: int, gw: int, grid_px: float) -> np.ndarray:
+def grid_shape(plan) -> tuple[int, int]:
+    """Rows and columns of the summary's grid (cells of ``plan.config.grid_um``)."""
+    grid_px = plan.config.grid_um / plan.mpp
+    return math.ceil(plan.height / grid_px), math.ceil(plan.width / grid_px)
+
+
+def tissue_grid(plan) -> np.ndarray:
     """Share of tissue in each grid cell, from the thumbnail's mask (area-averaged)."""
     import cv2
 
+    gh, gw = grid_shape(plan)
+    grid_px = plan.config.grid_um / plan.mpp
     mask = plan.tissue.astype(np.float32)
     # the mask covers the slide at thumb_downsample level-0 px per pixel; resample it onto the grid
     cell_in_thumb = grid_px / plan.thumb_downsample
@@ -142,24 +147,52 @@ def _tissue_fraction_grid(plan, gh: int, gw: int, grid_px: float) -> np.ndarray:
     return cv2.resize(padded, (gw, gh), interpolation=cv2.INTER_AREA).astype(np.float64)
 
 
+def stromal_tils(main_counts: np.ndarray, classes: list[str], tissue: np.ndarray, grid_um: float) -> dict:
+    """The stroma rule (:data:`STROMA_RULE`) on a grid of nuclei counts ``(class, row, col)`` and the grid's tissue
+    shares: ``stroma`` (bool grid), ``stroma_mm2``, ``stils_in_stroma`` and ``stil_density_per_mm2_stroma``."""
+    cell_mm2 = (grid_um / 1000.0) ** 2
+    supers = [tx.MAIN_TO_SUPER.get(c, c) for c in classes]
+    total = main_counts.sum(0)
+
+    def of(sup: str) -> np.ndarray:
+        rows = [i for i, t in enumerate(supers) if t == sup]
+        return main_counts[rows].sum(0) if rows else np.zeros_like(total)
+
+    stroma = (tissue >= 0.5) & (of("tumor_any") * 2 <= total)
+    stroma_mm2 = float((tissue * stroma).sum() * cell_mm2)
+    stils = int(of("sTIL")[stroma].sum())
+    return {"stroma": stroma, "stroma_mm2": stroma_mm2, "stils_in_stroma": stils,
+            "stil_density_per_mm2_stroma": stils / stroma_mm2 if stroma_mm2 > 0 else None}
+
+
+def count_grid(x: np.ndarray, y: np.ndarray, labels, classes: list[str], grid_px: float,
+               shape: tuple[int, int]) -> np.ndarray:
+    """Nuclei per class and grid cell: ``(len(classes), rows, cols)`` counts of the points ``(x, y)`` (level-0 px)."""
+    index_of = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), *shape), np.int64)
+    if len(x):
+        k = np.array([index_of[c] for c in labels], np.int64)
+        gx = np.clip((np.asarray(x) / grid_px).astype(int), 0, shape[1] - 1)
+        gy = np.clip((np.asarray(y) / grid_px).astype(int), 0, shape[0] - 1)
+        np.add.at(counts, (k, gy, gx), 1)
+    return counts
+
+
 def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray, grid_px: float) -> dict:
-    gh, gw = main_counts.shape[1:]
     cell_mm2 = (plan.config.grid_um / 1000.0) ** 2
-    tissue = _tissue_fraction_grid(plan, gh, gw, grid_px)
+    tissue = tissue_grid(plan)
     supers = [tx.MAIN_TO_SUPER.get(c, c) for c in classes]
     super_counts = {s: main_counts[[i for i, t in enumerate(supers) if t == s]].sum(0) for s in dict.fromkeys(supers)}
     total = main_counts.sum(0)
-    tumour = super_counts.get("tumor_any", np.zeros_like(total))
-    stroma = (tissue >= 0.5) & (tumour * 2 <= total)
-    stroma_mm2 = float((tissue * stroma).sum() * cell_mm2)
-    stils = int(super_counts.get("sTIL", np.zeros_like(total))[stroma].sum())
+    til = stromal_tils(main_counts, classes, tissue, plan.config.grid_um)
     tissue_mm2 = float(plan.tissue.sum() * (plan.thumb_downsample * plan.mpp / 1000.0) ** 2)
     density = {s: np.where(tissue > 0.05, super_counts.get(s, np.zeros_like(total)) / np.maximum(tissue * cell_mm2,
                                                                                                  1e-12), np.nan)
                for s in SUPER_SHOWN}
-    np.savez_compressed(out_dir / "density_grid.npz", grid_um=plan.config.grid_um, tissue=tissue, stroma=stroma,
-                        **{f"count_{c}": main_counts[i] for i, c in enumerate(classes)},
+    np.savez_compressed(out_dir / "density_grid.npz", grid_um=plan.config.grid_um, tissue=tissue,
+                        stroma=til["stroma"], **{f"count_{c}": main_counts[i] for i, c in enumerate(classes)},
                         **{f"density_{s}": d for s, d in density.items()})
+    dens = til["stil_density_per_mm2_stroma"]
     summary = {
         "slide": Path(plan.slide_path).name, "level0_px": [plan.width, plan.height], "mpp": plan.mpp,
         "mpp_source": plan.mpp_source, "reader": plan.reader, "model_scale": plan.model_scale,
@@ -167,8 +200,8 @@ def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray,
         "tissue_mm2": round(tissue_mm2, 6), "nuclei": int(total.sum()),
         "nuclei_by_class": {c: int(main_counts[i].sum()) for i, c in enumerate(classes)},
         "nuclei_by_super_class": {s: int(v.sum()) for s, v in super_counts.items()},
-        "stroma_mm2": round(stroma_mm2, 6), "stils_in_stroma": stils,
-        "stil_density_per_mm2_stroma": round(stils / stroma_mm2, 2) if stroma_mm2 > 0 else None,
+        "stroma_mm2": round(til["stroma_mm2"], 6), "stils_in_stroma": til["stils_in_stroma"],
+        "stil_density_per_mm2_stroma": round(dens, 2) if dens is not None else None,
         "stroma_rule": STROMA_RULE.format(grid=plan.config.grid_um),
         "config": {k: v for k, v in plan.config.__dict__.items()},
     }
@@ -181,27 +214,12 @@ def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray,
 
 
 def draw_heatmap(thumbnail: np.ndarray, density: dict[str, np.ndarray], grid_um: float, path: Path) -> None:
-    """The thumbnail, then one panel per super-class: nuclei per mm^2 of tissue over the thumbnail."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """:func:`nucls_utils.plots.wsi.plot_density_heatmap`, saved as a PNG."""
     import matplotlib.pyplot as plt
 
-    h, w = thumbnail.shape[:2]
-    fig, axes = plt.subplots(1, 1 + len(density), figsize=(3.2 * (1 + len(density)), 3.4 * h / max(w, 1) + 0.6))
-    axes[0].imshow(thumbnail)
-    axes[0].set_title("thumbnail", fontsize=9)
-    for ax, (name, grid) in zip(axes[1:], density.items(), strict=True):
-        ax.imshow(thumbnail, alpha=0.55)
-        vmax = np.nanpercentile(grid, 99) if np.isfinite(grid).any() else 1.0
-        im = ax.imshow(np.ma.masked_invalid(grid), extent=(0, w, h, 0), cmap="magma", alpha=0.75, vmin=0,
-                       vmax=max(float(vmax), 1.0), interpolation="nearest")
-        ax.set_title(f"{name} per mm$^2$ of tissue", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    for ax in axes:
-        ax.set_axis_off()
-    fig.suptitle(f"nucleus density ({grid_um:g} um cells)", fontsize=10)
-    fig.tight_layout()
+    from ..plots.wsi import plot_density_heatmap
+
+    fig = plot_density_heatmap(thumbnail, density, grid_um)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
