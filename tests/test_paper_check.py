@@ -84,6 +84,29 @@ def test_a_plan_run_by_two_workers_equals_one_worker(smoke_cohort, smoke_trunk, 
         ex.run_plan(plan[::-1], data, tmp_path / "bad", profile="smoke", workers=2, progress=False)
 
 
+@pytest.mark.slow
+def test_a_plan_run_as_dask_tasks_equals_one_worker(smoke_cohort, smoke_trunk, tmp_path):
+    """One Dask task per experiment on a local cluster of two workers: the same predictions as in process, and
+    config 4's task waits for the config-2 detector it reuses."""
+    from nucls_utils.io.dataset import read_dataset
+    from nucls_utils.io.folds import hospital_kfold
+    from nucls_utils.model.data import load_fov_samples
+
+    samples = load_fov_samples(read_dataset(smoke_cohort), progress=False)
+    data = ex.ExperimentData(samples={"corrected": samples},
+                             assignment=hospital_kfold([s.slide for s in samples], n_folds=3, seed=0))
+    plan = [e for e in ex.experiment_plan("smoke", [1], weights=smoke_trunk)
+            if e.name in ("config2_fold1", "config4_fold1")]
+    one = ex.run_plan(plan, data, tmp_path / "one", profile="smoke", workers=1, threads=1, progress=False)
+    dask = ex.run_plan(plan, data, tmp_path / "dask", profile="smoke", threads=1, progress=False,
+                       scheduler="local:2")
+    assert [s["name"] for s in dask] == [e.name for e in plan] and not any(s["reused"] for s in one + dask)
+    for e in plan:
+        a, b = (sorted((tmp_path / k / e.name).glob("predictions_*.npz")) for k in ("one", "dask"))
+        assert [p.name for p in a] == [p.name for p in b] and a
+        assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True)), e.name
+
+
 def test_a_gpu_runs_the_plan_one_experiment_at_a_time():
     assert ex.plan_parallelism("cpu") == (2, 1)
     assert ex.plan_parallelism("cpu", "cuda") == (1, 1)  # same threads, so the same numbers as two workers

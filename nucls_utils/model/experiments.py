@@ -333,15 +333,60 @@ def _run_with_threads(threads: int | None, exp: Experiment, data: ExperimentData
         torch.set_num_threads(before)
 
 
+def _run_after(_detector_done, threads: int | None, exp: Experiment, data: ExperimentData, out_root,
+               kwargs: dict) -> dict:
+    """A Dask task: :func:`_run_with_threads` once the experiment whose detector ``exp`` reuses is done."""
+    return _run_with_threads(threads, exp, data, out_root, kwargs)
+
+
+def _run_plan_on_dask(plan: Sequence[Experiment], data: ExperimentData, out_root, threads: int | None,
+                      scheduler: str, job_kwargs, progress: bool) -> dict[str, dict]:
+    """One Dask task per experiment on the cluster at ``scheduler`` (``local:N``: a local cluster of N workers).
+    A GPU experiment asks for the worker resource ``GPU=1`` (start GPU workers with ``--resources GPU=1``)."""
+    from distributed import as_completed
+
+    from ..progress import tqdm
+    from ..wsi.cluster import dask_client
+
+    local = scheduler.startswith("local:")
+    gpu = job_kwargs(plan[0]).get("device") == "cuda" if plan else False
+    resources = {"GPU": 1} if gpu else None
+    cluster_kw = {"workers": int(scheduler.split(":", 1)[1]), "threads": threads,
+                  "resources": resources} if local else {"scheduler": scheduler}
+    results: dict[str, dict] = {}
+    with dask_client(**cluster_kw) as client:
+        data_f = client.scatter(data, broadcast=True)
+        futures: dict[str, object] = {}
+        for exp in plan:
+            dep = futures.get(exp.detector_from) if exp.detector_from else None
+            futures[exp.name] = client.submit(_run_after, dep, threads, exp, data_f, str(out_root), job_kwargs(exp),
+                                              key=f"experiment-{exp.name}", pure=False, resources=resources)
+        bar = tqdm(total=len(plan), desc="experiments", disable=not progress)
+        for fut in as_completed(list(futures.values())):
+            res = fut.result()  # an experiment's error stops the plan here
+            results[res["name"]] = res
+            bar.update(1)
+            bar.set_postfix_str(res["name"])
+        bar.close()
+    return results
+
+
 def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | Path, *, profile: str,
              workers: int | None = None, threads: int | None = -1, progress: bool = True,
-             curves: Sequence[str] = (), **kwargs) -> list[dict]:
+             curves: Sequence[str] = (), scheduler: str | None = None, **kwargs) -> list[dict]:
     """Run every experiment of ``plan`` (:func:`run_experiment`), ``workers`` at a time; summaries in plan order.
 
-    ``workers`` and ``threads`` default to :func:`plan_parallelism` (``threads=None``: torch's default). With more than one worker, experiments run in spawned processes, each with ``threads`` torch threads;
-    an experiment that reuses another's detector (config 4) starts when that one is done. Models and predictions
-    are the same as with one worker and the same ``threads``. ``curves``: names of the experiments evaluated during
-    training (Fig. S10). Other keyword arguments go to :func:`run_experiment`.
+    ``workers`` and ``threads`` default to :func:`plan_parallelism` (``threads=None``: torch's default). With more
+    than one worker, experiments run in spawned processes, each with ``threads`` torch threads; an experiment that
+    reuses another's detector (config 4) starts when that one is done. Models and predictions are the same as with
+    one worker and the same ``threads``. ``curves``: names of the experiments evaluated during training (Fig. S10).
+
+    ``scheduler``: run the experiments as tasks of a Dask cluster instead, one task per experiment, the detector
+    dependency as a task dependency: the address of an existing scheduler (``tcp://host:8786``; its workers must
+    see ``out_root``; GPU workers started with ``--resources GPU=1`` take the ``device="cuda"`` experiments one at
+    a time each), or ``local:N`` for a local cluster of N worker processes. Same models and predictions as in
+    process, with the same ``threads`` (tests/test_paper_check.py). Other keyword arguments go to
+    :func:`run_experiment`.
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -360,6 +405,10 @@ def run_plan(plan: Sequence[Experiment], data: ExperimentData, out_root: str | P
         return {**kwargs, "profile": profile, "curves": exp.name in curves,
                 "progress": progress and workers == 1}
 
+    if scheduler:
+        results = _run_plan_on_dask(plan, data, out_root, threads, scheduler,
+                                    lambda exp: {**job_kwargs(exp), "progress": False}, progress)
+        return [results[n] for n in names]
     results: dict[str, dict] = {}
     bar = tqdm(total=len(plan), desc="experiments", disable=not progress or workers == 1)
     if workers <= 1:
