@@ -113,6 +113,9 @@ def test_run_all_every_notebook_on_real_sample(sample_dir, metadata_path, tmp_pa
     assert "the run's data are real already" in _executed_stdout(out / "supplement" / "08_baselines.ipynb")
     ladder = pd.read_csv(out / "tables" / "nb08_supervision_ladder.csv")
     assert set(ladder["truth"]) == {"corrected"} and "NuCLS" in set(ladder["system"]) and len(ladder) == 7
+    # notebook 09: the model trained on the sample, on the synthetic slide (the only slide with a truth), and it says so
+    assert "the slide is still the synthetic one" in _executed_stdout(out / "supplement" / "09_whole_slide.ipynb")
+    assert (out / "tables" / "nb09_detection_vs_truth.csv").exists()
     # stripping an executed copy gives back a clean notebook with the same cells as the source
     executed01 = out / "supplement" / "01_data_prep.ipynb"
     assert nbtools.strip_outputs(executed01)
@@ -210,6 +213,14 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     assert ((ladder["AP@.5"] >= 0) & (ladder["AP@.5"] <= 100)).all()
     cycles = pd.read_csv(out / "tables" / "nb08_cyclic_cycles.csv")
     assert sorted(cycles["cycle"].unique()) == [1, 2] and (cycles["pseudo_nuclei"] > 0).all()
+    # 09: notebook 05's model on the synthetic slide, as the CLI runs it, scored against the slide's truth
+    pred = out / "results" / "synthetic_smoke" / "09_whole_slide" / "slide_prediction"
+    assert {"nuclei.parquet", "nuclei.geojson", "annotations_dsa.json", "summary.json", "heatmap.png"} <= {
+        p.name for p in pred.iterdir()}
+    scores = pd.read_csv(out / "tables" / "nb09_detection_vs_truth.csv").set_index("metric")["value"]
+    assert 0 <= scores["ap50"] <= 1 and scores["det_n"] > 100
+    slide_summary = json.loads((pred / "summary.json").read_text())
+    assert slide_summary["nuclei"] == len(pd.read_parquet(pred / "nuclei.parquet"))
     # every paper-vs-run table's paper column is the paper module's (issue 15)
     from test_paper import check_paper_columns
 
@@ -271,11 +282,14 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
 
     # the same seed in a fresh output folder, another process hash seed: byte-identical tables. The trained models
     # are copied over (and verified by their manifests before reuse) to keep the suite short: that training is
-    # reproducible across processes is test_integrity's SIGTERM/resume test; everything else runs again.
+    # reproducible across processes is test_integrity's SIGTERM/resume test; so are notebook 09's predicted tiles
+    # (a tile is a function of the slide and the model: test_wsi's Dask and kill-and-resume tests), from which the
+    # notebook resumes; everything else runs again.
     out2 = tmp_path / "out2"
     for models in (Path("results") / "synthetic_smoke" / "05_training" / "models",
-                   *(p.relative_to(out) for p in (out / "results" / "synthetic_smoke" / "08_baselines").glob("cyclic_fold*"))):
-        shutil.copytree(out / models, out2 / models)
+                   *(p.relative_to(out) for p in (out / "results" / "synthetic_smoke" / "08_baselines").glob("cyclic_fold*")),
+                   Path("results") / "synthetic_smoke" / "09_whole_slide" / "slide_prediction" / "tiles"):
+        shutil.copytree(out / models, out2 / models)  # the slide's tiles: notebook 09 resumes from them
     proc2 = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--out", str(out2)], capture_output=True,
                            text=True, timeout=1500, env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
