@@ -206,6 +206,11 @@ class StudySettings:
     #: called out as not working; None: no expectation (the smoke profile trains a few updates, to test the path)
     expected_min_ap50: float | None = None
     tree_min_leaf_floor: int = 5
+    #: ``(Dask workers, torch threads per worker)`` of notebook 09's whole-slide prediction (0 workers: in the
+    #: notebook's process). The table does not depend on the workers at a fixed thread count (tests/test_wsi.py);
+    #: cpu: two one-thread workers, as notebook 05's plan; paper: in process with torch's threads (a GPU)
+    slide_workers: int = 0
+    slide_threads: int | None = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -218,10 +223,10 @@ SETTINGS: dict[str, StudySettings] = {
                            tree_min_leaf_share=0.005),
     "cpu": StudySettings(multirater_fovs=24, bootstrap_resamples=1000, em_realisations=100, roster_spread_rosters=10,
                          patch_epochs=12, patch_repeats=1, plan_workers=2, plan_threads=1,
-                         tree_min_leaf_share=0.005, expected_min_ap50=0.5),
+                         tree_min_leaf_share=0.005, expected_min_ap50=0.5, slide_workers=2),
     "paper": StudySettings(multirater_fovs=54, bootstrap_resamples=1000, em_realisations=1000,
                            roster_spread_rosters=20, patch_epochs=12, patch_repeats=3, plan_workers=1,
-                           plan_threads=None, tree_min_leaf_share=None, expected_min_ap50=0.5),
+                           plan_threads=None, tree_min_leaf_share=None, expected_min_ap50=0.5, slide_threads=None),
 }
 
 
