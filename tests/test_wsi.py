@@ -302,3 +302,22 @@ def test_tile_mask_mode_writes_a_pyramid_independent_of_the_block_size(slide, tm
         assert m.mpp == 0.25 and m.dimensions == (1800, 700)
     with pytest.raises(FileExistsError):
         predict_tile_mask(slide, tmp_path / "tc.pt", tmp_path / "a", progress=False)
+
+
+def test_cli_predict_and_predict_cohort(tmp_path, model_dir):
+    """The two commands of the README on small slides: the printed summary, the outputs, one folder per slide."""
+    spec = SlideSpec(width_px=500, height_px=400)
+    a = make_slide(tmp_path / "a.tif", spec, seed=5, progress=False)
+    b = make_slide(tmp_path / "b.tif", spec, seed=6, progress=False)
+    one = _cli("predict", str(a), "--model", str(model_dir), "--out", str(tmp_path / "one"), "--workers", "0",
+               "--threads", "1", "--quiet")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "sTILs per mm^2 of stroma" in one.stdout and "rule: stroma = grid cells" in one.stdout
+    assert {"nuclei.parquet", "nuclei.geojson", "annotations_dsa.json", "heatmap.png"} <= {
+        p.name for p in (tmp_path / "one").iterdir()}
+    many = wp.predict_cohort([a, b], model_dir, tmp_path / "many", workers=0, threads=1, progress=False)
+    assert [Path(s["out_dir"]).name for s in many] == ["a", "b"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "nuclei.parquet"),
+                                  pd.read_parquet(tmp_path / "many" / "a" / "nuclei.parquet"))
+    with pytest.raises(ValueError, match="share a name"):
+        wp.predict_cohort([a, a], model_dir, tmp_path / "bad", progress=False)
