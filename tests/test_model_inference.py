@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage as ndi
 from torchvision.ops import box_iou
 from torchvision.ops import nms as tv_nms
+from toy_detectors import dark_components
 
 from nucls_utils.model import Detections, ModelConfig, build_model
 from nucls_utils.model import inference as inf
@@ -62,34 +62,19 @@ BLOB_CLASSES = ("small", "large")
 
 
 def blob_detector(rgb, *, bias_to_centre: float = 0.0):
-    """Dark connected components as detections (boxes in the image's pixels, score = mean darkness).
+    """Dark connected components as detections (:func:`toy_detectors.dark_components`: boxes in the image's pixels,
+    score = mean darkness, class by size).
 
     Deterministic and translation-equivariant: a component wholly inside the image gets the same box, score,
     probabilities and mask wherever it lies. ``bias_to_centre`` moves each box that many pixels towards the image
     centre, a caricature of a model whose boxes depend on the context (breaks equivariance on purpose).
     """
-    grey = rgb[..., :3].astype(np.float32).mean(-1)
-    lab, n = ndi.label(grey < 160)
-    if n == 0:
-        return Detections.empty(BLOB_CLASSES)
-    slices = ndi.find_objects(lab)
-    boxes = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices], np.float32)
-    idx = np.arange(1, n + 1)
-    scores = 1.0 - np.asarray(ndi.mean(grey, lab, idx)) / 255.0
-    large = np.asarray(ndi.sum(np.ones_like(grey), lab, idx)) > 600
-    probs = np.stack([~large, large], 1).astype(np.float32)
-    masks = np.zeros((n, 28, 28), np.float32)
-    for k, s in enumerate(slices):
-        m = lab[s] == k + 1
-        yi = ((np.arange(28) + 0.5) * m.shape[0] / 28).astype(int)
-        xi = ((np.arange(28) + 0.5) * m.shape[1] / 28).astype(int)
-        masks[k] = m[yi][:, xi]
-    if bias_to_centre:
+    det = dark_components(rgb, 160, BLOB_CLASSES, lambda area: (area > 600).astype(int))
+    if bias_to_centre and len(det):
         centre = np.array([rgb.shape[1], rgb.shape[0]], np.float32) / 2
-        c = (boxes[:, :2] + boxes[:, 2:]) / 2
-        step = np.sign(centre - c) * bias_to_centre
-        boxes += np.tile(step, 2)
-    return Detections(boxes, scores, probs, BLOB_CLASSES, masks)
+        c = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
+        det.boxes = det.boxes + np.tile(np.sign(centre - c) * bias_to_centre, 2)
+    return det
 
 
 def _iou(a: Detections, b: Detections) -> np.ndarray:

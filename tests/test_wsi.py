@@ -26,7 +26,7 @@ from nucls_utils.wsi.reader import SlideError, open_slide
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from wsi_helpers import dark_blobs, slow_dark_blobs  # noqa: E402
+from toy_detectors import dark_blobs, slow_dark_blobs  # noqa: E402
 
 SPEC = SlideSpec(width_px=1800, height_px=700)  # 2 x 1 blocks, 2 pyramid levels
 NO_NORM = wp.WsiConfig(normalise=False)
@@ -251,7 +251,7 @@ def test_resume_after_a_kill_gives_the_same_table(slide, tmp_path):
     ref = wp.predict_slide(slide, dark_blobs, tmp_path / "ref", cfg, progress=False)
     out = tmp_path / "killed"
     script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-              "from wsi_helpers import slow_dark_blobs\nfrom nucls_utils.wsi import predict as wp\n"
+              "from toy_detectors import slow_dark_blobs\nfrom nucls_utils.wsi import predict as wp\n"
               "wp.predict_slide(sys.argv[3], slow_dark_blobs, sys.argv[4], wp.WsiConfig(normalise=False, tile=512, "
               "overlap=96), progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(REPO), str(TESTS), str(slide), str(out)])
