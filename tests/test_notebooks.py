@@ -288,8 +288,8 @@ def test_run_all_smoke_profile_runs_every_notebook(tmp_path):
     out2 = tmp_path / "out2"
     for models in (Path("results") / "synthetic_smoke" / "05_training" / "models",
                    *(p.relative_to(out) for p in (out / "results" / "synthetic_smoke" / "08_baselines").glob("cyclic_fold*")),
-                   Path("results") / "synthetic_smoke" / "09_whole_slide" / "slide_prediction" / "tiles"):
-        shutil.copytree(out / models, out2 / models)  # the slide's tiles: notebook 09 resumes from them
+                   Path("results") / "synthetic_smoke" / "09_whole_slide" / "slide_prediction"):
+        shutil.copytree(out / models, out2 / models)  # the slide's tiles and run key: notebook 09 resumes from them
     proc2 = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--out", str(out2)], capture_output=True,
                            text=True, timeout=1500, env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]

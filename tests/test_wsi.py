@@ -175,6 +175,9 @@ def test_the_slide_prediction_is_the_tiled_prediction_of_the_whole_resampled_sli
     np.testing.assert_allclose(_boxes(table), _boxes(ref) / scale, atol=1e-4)
     assert table["nucleus_id"].tolist() == list(range(1, len(table) + 1))
     assert set(table["class"]) <= {"tumor_nonMitotic", "nonTILnonMQ_stromal", "lymphocyte"}
+    # the same slide through OpenSlide: the same pixels, so the same table
+    wp.predict_slide(slide, dark_blobs, tmp_path / "os", cfg, reader="openslide", progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "os" / "nuclei.parquet"), table)
     assert (table["super_class"] == table["class"].map({"tumor_nonMitotic": "tumor_any", "lymphocyte": "sTIL",
                                                         "nonTILnonMQ_stromal": "nonTIL_stromal"})).all()
 
@@ -227,6 +230,29 @@ def test_geojson_and_dsa_documents_validate_and_round_trip(blobs_out):
     assert len(export.geojson_problems(bad)) == 2  # ring not closed, no classification
 
 
+def test_the_stroma_rule_on_a_hand_made_grid():
+    """Cells: tumour-rich (not stroma), lymphocyte-rich (stroma), empty tissue (stroma), half glass (stroma, half its
+    area), mostly glass (not stroma)."""
+    classes = ["tumor_nonMitotic", "lymphocyte", "plasma_cell", "nonTILnonMQ_stromal"]
+    counts = np.zeros((4, 1, 5), np.int64)
+    counts[:, 0, 0] = (6, 2, 0, 0)  # tumour 6 of 8: not stroma
+    counts[:, 0, 1] = (2, 3, 1, 2)  # tumour 2 of 8: stroma, 4 sTILs
+    counts[:, 0, 3] = (0, 1, 0, 0)  # half tissue: stroma, 1 sTIL
+    counts[:, 0, 4] = (0, 5, 0, 0)  # 40 % tissue: not stroma
+    tissue = np.array([[1.0, 1.0, 1.0, 0.5, 0.4]])
+    res = export.stromal_tils(counts, classes, tissue, grid_um=100.0)
+    assert res["stroma"].tolist() == [[False, True, True, True, False]]
+    assert res["stroma_mm2"] == pytest.approx(2.5 * 0.01)
+    assert res["stils_in_stroma"] == 5
+    assert res["stil_density_per_mm2_stroma"] == pytest.approx(5 / 0.025)
+
+
+def test_overlap_below_twice_the_largest_anchor_is_refused(slide, model_dir, tmp_path):
+    with pytest.raises(ValueError, match="at least twice the model's largest anchor"):
+        wp.predict_slide(slide, model_dir, tmp_path / "o", wp.WsiConfig(overlap=32), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 def test_summary_counts_and_stromal_til_density(blobs_out, slide):
     out, s = blobs_out
     table = pd.read_parquet(out / "nuclei.parquet")
@@ -248,12 +274,12 @@ def test_summary_counts_and_stromal_til_density(blobs_out, slide):
 
 def test_resume_after_a_kill_gives_the_same_table(slide, tmp_path):
     cfg = NO_NORM.with_(tile=512, overlap=96)
-    ref = wp.predict_slide(slide, dark_blobs, tmp_path / "ref", cfg, progress=False)
+    ref = wp.predict_slide(slide, dark_blobs, tmp_path / "ref", cfg, threads=1, progress=False)
     out = tmp_path / "killed"
     script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
               "from toy_detectors import slow_dark_blobs\nfrom nucls_utils.wsi import predict as wp\n"
               "wp.predict_slide(sys.argv[3], slow_dark_blobs, sys.argv[4], wp.WsiConfig(normalise=False, tile=512, "
-              "overlap=96), progress=False)\n")
+              "overlap=96), threads=1, progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(REPO), str(TESTS), str(slide), str(out)])
     def n_done() -> int:
         return len(list((out / "tiles").glob("*.parquet"))) if (out / "tiles").is_dir() else 0
@@ -266,13 +292,16 @@ def test_resume_after_a_kill_gives_the_same_table(slide, tmp_path):
     done = n_done()
     assert 4 <= done < len(wp.plan_slide(slide, cfg).jobs)
     assert not (out / "nuclei.parquet").exists()
-    resumed = wp.predict_slide(slide, slow_dark_blobs, out, cfg, progress=False)
+    resumed = wp.predict_slide(slide, slow_dark_blobs, out, cfg, threads=1, progress=False)
     assert resumed["run"]["tiles_reused"] == done and resumed["run"]["tiles_predicted"] > 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "nuclei.parquet"),
                                   pd.read_parquet(tmp_path / "ref" / "nuclei.parquet"))
     assert resumed["nuclei"] == ref["nuclei"]
-    with pytest.raises(wp.RunMismatch, match="holds tiles of another run"):
-        wp.predict_slide(slide, dark_blobs, out, cfg.with_(min_tissue=0.2), progress=False)
+    with pytest.raises(wp.RunMismatch, match="holds tiles of another run .differs in: config, model"):
+        wp.predict_slide(slide, dark_blobs, out, cfg.with_(min_tissue=0.2), threads=1, progress=False)
+    (out / "run.json").unlink()  # tiles whose origin is unknown are not trusted either
+    with pytest.raises(wp.RunMismatch, match="tiles without a run.json"):
+        wp.predict_slide(slide, slow_dark_blobs, out, cfg, threads=1, progress=False)
 
 
 @pytest.mark.slow
@@ -296,7 +325,8 @@ def test_tile_mask_mode_writes_a_pyramid_independent_of_the_block_size(slide, tm
     a = predict_tile_mask(slide, tmp_path / "tc.pt", tmp_path / "a", block=1024, progress=False)
     b = predict_tile_mask(slide, tmp_path / "tc.pt", tmp_path / "b", block=300, progress=False)
     ma, mb = tifffile.imread(a["mask"]), tifffile.imread(b["mask"])
-    assert ma.shape == (700, 1800) and set(np.unique(ma)) <= {0, 255}
+    assert ma.shape == (700, 1800) and set(np.unique(ma)) == {0, 255}
+    assert 0.0 < a["nucleus_share"] < 1.0 and a["nucleus_share"] == b["nucleus_share"]
     assert np.array_equal(ma, mb)
     with open_slide(a["mask"], reader="openslide") as m:
         assert m.mpp == 0.25 and m.dimensions == (1800, 700)

@@ -343,6 +343,8 @@ def _run_plan_on_dask(plan: Sequence[Experiment], data: ExperimentData, out_root
                       scheduler: str, job_kwargs, progress: bool) -> dict[str, dict]:
     """One Dask task per experiment on the cluster at ``scheduler`` (``local:N``: a local cluster of N workers).
     A GPU experiment asks for the worker resource ``GPU=1`` (start GPU workers with ``--resources GPU=1``)."""
+    import uuid
+
     from distributed import as_completed
 
     from ..progress import tqdm
@@ -351,8 +353,10 @@ def _run_plan_on_dask(plan: Sequence[Experiment], data: ExperimentData, out_root
     local = scheduler.startswith("local:")
     gpu = job_kwargs(plan[0]).get("device") == "cuda" if plan else False
     resources = {"GPU": 1} if gpu else None
-    cluster_kw = {"workers": int(scheduler.split(":", 1)[1]), "threads": threads,
-                  "resources": resources} if local else {"scheduler": scheduler}
+    # a local cluster on a GPU machine: one worker, which takes the experiments one at a time, as in process
+    n_local = (1 if gpu else int(scheduler.split(":", 1)[1])) if local else 0
+    cluster_kw = {"workers": n_local, "threads": threads, "resources": resources} if local else {"scheduler": scheduler}
+    run_id = uuid.uuid4().hex[:8]  # task keys unique on a scheduler shared with other clients
     results: dict[str, dict] = {}
     with dask_client(**cluster_kw) as client:
         data_f = client.scatter(data, broadcast=True)
@@ -360,7 +364,8 @@ def _run_plan_on_dask(plan: Sequence[Experiment], data: ExperimentData, out_root
         for exp in plan:
             dep = futures.get(exp.detector_from) if exp.detector_from else None
             futures[exp.name] = client.submit(_run_after, dep, threads, exp, data_f, str(out_root), job_kwargs(exp),
-                                              key=f"experiment-{exp.name}", pure=False, resources=resources)
+                                              key=f"experiment-{exp.name}-{run_id}", pure=False,
+                                              resources=resources)
         bar = tqdm(total=len(plan), desc="experiments", disable=not progress)
         for fut in as_completed(list(futures.values())):
             res = fut.result()  # an experiment's error stops the plan here

@@ -13,8 +13,10 @@ from ..taxonomy import class_color
 __all__ = ["plot_density_heatmap", "plot_slide_overlay"]
 
 
-def plot_density_heatmap(thumbnail: np.ndarray, density: Mapping[str, np.ndarray], grid_um: float) -> plt.Figure:
-    """The thumbnail, then one panel per super-class: nuclei per mm^2 of tissue on the grid, over the thumbnail."""
+def plot_density_heatmap(thumbnail: np.ndarray, density: Mapping[str, np.ndarray], grid_um: float,
+                         cell_px: float) -> plt.Figure:
+    """The thumbnail, then one panel per super-class: nuclei per mm^2 of tissue on the grid (cells of ``cell_px``
+    thumbnail pixels; the last row and column may reach past the thumbnail's edge), over the thumbnail."""
     h, w = thumbnail.shape[:2]
     n = 1 + len(density)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4 * h / max(w, 1) + 0.8))
@@ -24,8 +26,11 @@ def plot_density_heatmap(thumbnail: np.ndarray, density: Mapping[str, np.ndarray
         grid = np.asarray(grid, dtype=float)
         ax.imshow(thumbnail, alpha=0.55)
         vmax = float(np.nanpercentile(grid, 99)) if np.isfinite(grid).any() else 1.0
-        im = ax.imshow(np.ma.masked_invalid(grid), extent=(0, w, h, 0), cmap="magma", alpha=0.75, vmin=0,
-                       vmax=max(vmax, 1.0), interpolation="nearest")
+        gh, gw = grid.shape
+        im = ax.imshow(np.ma.masked_invalid(grid), extent=(0, gw * cell_px, gh * cell_px, 0), cmap="magma",
+                       alpha=0.75, vmin=0, vmax=max(vmax, 1.0), interpolation="nearest")
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
         ax.set_title(f"{name} per mm$^2$ of tissue", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     for ax in axes:

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_summary(s))
             print(f"  outputs: {s['out_dir']}")
         return 0
-    except (SlideError, RunMismatch, FileNotFoundError) as exc:
+    except (SlideError, RunMismatch, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

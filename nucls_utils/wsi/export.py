@@ -53,12 +53,12 @@ def _feature(row: dict, probs: list[str]) -> dict:
     ring = [[round(float(x), 2), round(float(y), 2)] for x, y in zip(row["polygon_x"], row["polygon_y"], strict=True)]
     return {"type": "Feature", "id": f"nucleus-{row['nucleus_id']}",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"objectType": "detection", "isLocked": False,
+            "properties": {"objectType": "detection", "isLocked": False, "name": row["super_class"],
                            "classification": {"name": row["class"], "color": _class_color(row["class"])},
-                           "measurements": {"objectness": round(float(row["objectness"]), 5),
+                           "measurements": {"nucleus_id": int(row["nucleus_id"]),
+                                            "objectness": round(float(row["objectness"]), 5),
                                             "area_um2": round(float(row["area_um2"]), 3),
-                                            **{p: round(float(row[p]), 5) for p in probs}},
-                           "super_class": row["super_class"], "nucleus_id": int(row["nucleus_id"])}}
+                                            **{p: round(float(row[p]), 5) for p in probs}}}}
 
 
 def _dsa_element(row: dict) -> dict:
@@ -86,7 +86,7 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
     from .predict import merged_keep, tile_path
 
     out_dir = Path(out_dir)
-    keep = merged_keep(out_dir, plan.jobs, nms_iou)
+    keep = merged_keep(out_dir, plan.jobs, nms_iou, single_tile=plan.n_tiles_total == 1)
     schema = pq.read_schema(tile_path(out_dir, plan.jobs[0])) if plan.jobs else _empty_tile_schema()
     schema = pa.schema([pa.field("nucleus_id", pa.int64()), *schema])
     probs = [n for n in schema.names if n.startswith("prob_")]
@@ -96,8 +96,8 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
     next_id = 1
     with atomic_path(out_dir / "nuclei.parquet") as tmp_pq, atomic_path(out_dir / "nuclei.geojson") as tmp_geo, \
             atomic_path(out_dir / "annotations_dsa.json") as tmp_dsa:
-        writer = pq.ParquetWriter(tmp_pq, schema)
-        with open(tmp_geo, "w", encoding="utf-8") as geo, open(tmp_dsa, "w", encoding="utf-8") as dsa:
+        with pq.ParquetWriter(tmp_pq, schema) as writer, open(tmp_geo, "w", encoding="utf-8") as geo, \
+                open(tmp_dsa, "w", encoding="utf-8") as dsa:
             geo.write('{"type": "FeatureCollection", "features": [\n')
             dsa.write(json.dumps({"name": f"NuCLS nuclei: {Path(plan.slide_path).name}",
                                   "description": "nuclei detected, classified and segmented by a NuCLS model "
@@ -121,7 +121,6 @@ def write_outputs(plan, out_dir: str | Path, *, nms_iou: float) -> dict:
                     first = False
             geo.write("\n]}\n")
             dsa.write("\n]}\n")
-        writer.close()
     return _summarise(plan, out_dir, classes, main_counts, grid_px)
 
 
@@ -179,6 +178,7 @@ def count_grid(x: np.ndarray, y: np.ndarray, labels, classes: list[str], grid_px
 
 
 def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray, grid_px: float) -> dict:
+    """The summary dict, ``density_grid.npz`` (with ``cell_px``: a grid cell in thumbnail pixels), the heatmap."""
     cell_mm2 = (plan.config.grid_um / 1000.0) ** 2
     tissue = tissue_grid(plan)
     supers = [tx.MAIN_TO_SUPER.get(c, c) for c in classes]
@@ -189,7 +189,8 @@ def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray,
     density = {s: np.where(tissue > 0.05, super_counts.get(s, np.zeros_like(total)) / np.maximum(tissue * cell_mm2,
                                                                                                  1e-12), np.nan)
                for s in SUPER_SHOWN}
-    np.savez_compressed(out_dir / "density_grid.npz", grid_um=plan.config.grid_um, tissue=tissue,
+    np.savez_compressed(out_dir / "density_grid.npz", grid_um=plan.config.grid_um,
+                        cell_px=grid_px / plan.thumb_downsample, tissue=tissue,
                         stroma=til["stroma"], **{f"count_{c}": main_counts[i] for i, c in enumerate(classes)},
                         **{f"density_{s}": d for s, d in density.items()})
     dens = til["stil_density_per_mm2_stroma"]
@@ -205,7 +206,8 @@ def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray,
         "stroma_rule": STROMA_RULE.format(grid=plan.config.grid_um),
         "config": {k: v for k, v in plan.config.__dict__.items()},
     }
-    draw_heatmap(plan.thumbnail, density, plan.config.grid_um, out_dir / "heatmap.png")
+    draw_heatmap(plan.thumbnail, density, plan.config.grid_um, grid_px / plan.thumb_downsample,
+                 out_dir / "heatmap.png")
     from PIL import Image
 
     Image.fromarray(plan.thumbnail).save(out_dir / "thumbnail.png")
@@ -213,13 +215,14 @@ def _summarise(plan, out_dir: Path, classes: list[str], main_counts: np.ndarray,
     return summary
 
 
-def draw_heatmap(thumbnail: np.ndarray, density: dict[str, np.ndarray], grid_um: float, path: Path) -> None:
+def draw_heatmap(thumbnail: np.ndarray, density: dict[str, np.ndarray], grid_um: float, cell_px: float,
+                 path: Path) -> None:
     """:func:`nucls_utils.plots.wsi.plot_density_heatmap`, saved as a PNG."""
     import matplotlib.pyplot as plt
 
     from ..plots.wsi import plot_density_heatmap
 
-    fig = plot_density_heatmap(thumbnail, density, grid_um)
+    fig = plot_density_heatmap(thumbnail, density, grid_um, cell_px)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -285,6 +288,7 @@ def read_geojson(path: str | Path):
     rows = []
     for f in doc["features"]:
         geom = shape(f["geometry"])
-        rows.append({"nucleus_id": f["properties"]["nucleus_id"], "class": f["properties"]["classification"]["name"],
+        rows.append({"nucleus_id": int(f["properties"]["measurements"]["nucleus_id"]),
+                     "class": f["properties"]["classification"]["name"],
                      "n_vertices": len(f["geometry"]["coordinates"][0]), "x": geom.centroid.x, "y": geom.centroid.y})
     return pd.DataFrame(rows, columns=["nucleus_id", "class", "n_vertices", "x", "y"])

@@ -3,14 +3,16 @@
 :func:`predict_slide` is what ``python -m nucls_utils.wsi predict`` runs:
 
 1. **Plan** (the caller's process): open the slide, read a thumbnail, find tissue (:mod:`.tissue`), estimate the
-   slide's H&E stain vectors on the thumbnail's tissue (one Macenko estimate for the whole slide, so neighbouring
-   tiles are normalised alike), and lay the tiles of :func:`nucls_utils.model.inference.iter_tiles` over the slide
-   *in model pixels* (0.2 microns per pixel). Tiles with less than ``min_tissue`` of tissue are skipped.
+   slide's H&E stain vectors on a few full-resolution tissue regions (one Macenko estimate for the whole slide, so
+   neighbouring tiles are normalised alike), and lay the tiles of :func:`nucls_utils.model.inference.iter_tiles`
+   over the slide *in model pixels* (0.2 microns per pixel). Tiles whose core holds less than ``min_tissue`` of
+   tissue are skipped.
 2. **Tiles** (in this process, or one task per tile on a Dask cluster): read the level-0 pixels under the tile and
    resample them to 0.2 um/px with one affine map of the whole slide (so a model pixel has the same value whichever
    tile reads it), normalise, predict, keep the detections whose box centre lies in the tile's core, and write them
    to ``tiles/r<row>_c<col>.parquet`` (level-0 coordinates, polygons traced from the mask head). Each file is
-   written atomically: a killed run loses only the tiles in flight, and a re-run skips every tile already written.
+   written atomically and flushed: a killed run loses only the tiles in flight, and a re-run under the same run key
+   (:func:`run_key`: slide, weights, settings, device, threads) skips every tile already written.
 3. **Merge** (the caller's process): one class-agnostic greedy NMS over every kept box (the residual duplicates of
    nuclei whose box centre moves across a core boundary between two tiles' predictions), reading only boxes and
    scores; then the kept rows are streamed tile by tile into ``nuclei.parquet``, ``nuclei.geojson`` (QuPath),
@@ -38,12 +40,13 @@ import numpy as np
 from ..config import MICRONS_PER_PIXEL
 from ..io.atomic import atomic_path
 from ..progress import tqdm
-from .reader import open_slide
+from .reader import SlideError, open_slide
 from .tissue import TISSUE_METHODS, tile_tissue_fraction, tissue_mask
 
 __all__ = ["WSI_VERSION", "MODEL_MPP", "WsiConfig", "TileJob", "SlidePlan", "plan_slide", "read_model_window",
            "mask_polygons", "tile_table", "run_tile", "predict_slide", "tile_path", "run_key", "check_model_dir",
-           "merged_keep", "predict_cohort", "RunMismatch"]
+           "merged_keep", "predict_cohort", "RunMismatch", "TileContext", "ModelFacts", "model_facts",
+           "close_cached"]
 
 #: Version of the outputs' layout; part of the run key (a change starts a run over).
 WSI_VERSION = 1
@@ -128,18 +131,35 @@ def _model_shape(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def _slide_stain_matrix(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+def _slide_stain_matrix(slide, thumbnail_ds: float, mask: np.ndarray, n_regions: int = 8, side: int = 512
+                        ) -> np.ndarray | None:
+    """The slide's Macenko stain vectors, estimated on ``n_regions`` level-0 regions of ``side`` px that are all
+    tissue on the thumbnail's mask (spread over the slide in reading order), so that hematoxylin and eosin are
+    resolved as in a field of view rather than averaged in thumbnail pixels. None without enough tissue."""
+    from scipy import ndimage as ndi
+
     from ..model.data import _macenko_w, _od
 
-    pixels = thumbnail[mask]
-    if len(pixels) < 100:
+    cell = max(int(round(side / thumbnail_ds)), 1)
+    full = ndi.uniform_filter(mask.astype(np.float32), size=cell, mode="constant")  # tissue share around each pixel
+    rows, cols = np.nonzero(full[::cell, ::cell] >= 0.95)
+    if not len(rows):
         return None
-    return _macenko_w(_od(pixels.reshape(-1, 1, 3)), min_tissue_fraction=0.01)
+    pick = np.linspace(0, len(rows) - 1, min(n_regions, len(rows))).round().astype(int)
+    pixels = []
+    for r, c in zip(rows[pick], cols[pick], strict=True):
+        x = int((c * cell - cell // 2) * thumbnail_ds)
+        y = int((r * cell - cell // 2) * thumbnail_ds)
+        pixels.append(slide.read(max(x, 0), max(y, 0), side, side).reshape(-1, 3))
+    return _macenko_w(_od(np.concatenate(pixels).reshape(-1, 1, 3)), min_tissue_fraction=0.01)
 
 
 def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = None, *, mpp: float | None = None,
                reader: str = "auto") -> SlidePlan:
-    """Open the slide, find its tissue and lay out the tiles (step 1 of the module docstring)."""
+    """Open the slide, find its tissue and lay out the tiles (step 1 of the module docstring). A tile is predicted
+    when its *core* (the part whose nuclei it keeps) holds at least ``min_tissue`` of tissue."""
+    from ..model.inference import iter_tiles, tile_starts
+
     config = config or WsiConfig()
     t0 = time.perf_counter()
     with open_slide(slide_path, mpp=mpp, reader=reader) as slide:
@@ -147,7 +167,8 @@ def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = No
         thumb, ds = slide.thumbnail(config.thumbnail_side)
         t_thumb = time.perf_counter()
         mask = tissue_mask(thumb, method=config.tissue_method, um_per_px=ds * slide.mpp)
-        stain = _slide_stain_matrix(thumb, mask) if config.normalise else None
+        t_tissue = time.perf_counter()
+        stain = _slide_stain_matrix(slide, ds, mask) if config.normalise else None
         if config.normalise and stain is None:
             import warnings
 
@@ -156,18 +177,18 @@ def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = No
         scale = slide.mpp / MODEL_MPP
         plan = SlidePlan(str(slide.path), slide.reader, slide.mpp, slide.mpp_source, slide.width, slide.height, scale,
                          config, stain, thumb, ds, mask)
-    from ..model.inference import iter_tiles, tile_starts
-
     h, w = plan.model_shape
     n_cols = len(tile_starts(w, config.tile, config.overlap))
     for i, (y0, x0, y1, x1, (ylo, yhi), (xlo, xhi)) in enumerate(iter_tiles((h, w), config.tile, config.overlap)):
         row, col = divmod(i, n_cols)
         plan.n_tiles_total += 1
-        frac = tile_tissue_fraction(mask, ds, x0 / scale, y0 / scale, (x1 - x0) / scale, (y1 - y0) / scale)
+        cx0, cx1 = max(xlo, x0), min(xhi, x1)
+        cy0, cy1 = max(ylo, y0), min(yhi, y1)
+        frac = tile_tissue_fraction(mask, ds, cx0 / scale, cy0 / scale, (cx1 - cx0) / scale, (cy1 - cy0) / scale)
         if frac >= config.min_tissue:
             plan.jobs.append(TileJob(int(row), int(col), (x0, y0, x1, y1), (xlo, xhi, ylo, yhi), round(frac, 4)))
-    plan.seconds = {"open": t_open - t0, "thumbnail": t_thumb - t_open,
-                    "tissue": time.perf_counter() - t_thumb}
+    plan.seconds = {"open": t_open - t0, "thumbnail": t_thumb - t_open, "tissue": t_tissue - t_thumb,
+                    "stain estimate": time.perf_counter() - t_tissue}
     return plan
 
 
@@ -316,55 +337,136 @@ def tile_path(out_dir: str | os.PathLike[str], job: TileJob) -> Path:
     return Path(out_dir) / "tiles" / f"r{job.row:04d}_c{job.col:04d}.parquet"
 
 
-#: per process: open slides and loaded models, so a worker pays for them once, not once per tile
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class TileContext:
+    """What a tile needs of its slide and run (small: sent with every task, without the thumbnail or the mask)."""
+
+    slide_path: str
+    reader: str
+    mpp: float
+    model_scale: float
+    config: WsiConfig
+    stain_matrix: np.ndarray | None
+    slide_stamp: tuple[int, int]  # size and mtime of the slide file: a replaced file is opened again
+    model_stamp: tuple[int, int] | None  # of model.pt, for a model directory
+    device: str
+    threads: int | None
+    detection_cap: int | None
+
+
+#: per process: the open slide and the loaded models, so a worker pays for them once, not once per tile
 _STATE: dict = {}
 
 
-def _predictor(model, device: str | None, threads: int | None):
-    """``(tile_rgb -> Detections, class names)`` for a model directory or a callable (cached per process)."""
-    if threads:
+def _predictor(model, ctx: TileContext):
+    """``tile_rgb -> Detections`` for a model directory (loaded once per process, again when model.pt changes) or a
+    callable."""
+    if ctx.threads:
         import torch
 
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        if torch.get_num_threads() != ctx.threads:
+            torch.set_num_threads(ctx.threads)
     if callable(model) and not isinstance(model, (str, os.PathLike)):
         return model
-    key = ("model", str(model), device)
+    key = ("model", str(model), ctx.device, ctx.model_stamp)
     if key not in _STATE:
         from ..model.train import load_trained
 
-        net = load_trained(model, device=device)
+        for old in [k for k in _STATE if k[0] == "model"][:-1]:  # keep the newest model and this one
+            del _STATE[old]
+        net = load_trained(model, device=ctx.device)
         _STATE[key] = lambda rgb, _net=net: _net.predict(rgb)
     return _STATE[key]
 
 
-def _slide(plan: SlidePlan):
-    key = ("slide", plan.slide_path, plan.reader, plan.mpp)
+def _slide(ctx: TileContext):
+    """The slide of ``ctx``, open (one at a time per process: the previous one is closed)."""
+    key = ("slide", ctx.slide_path, ctx.reader, ctx.mpp, ctx.slide_stamp)
     if key not in _STATE:
-        _STATE[key] = open_slide(plan.slide_path, mpp=plan.mpp, reader=plan.reader)
+        for old in [k for k in _STATE if k[0] == "slide"]:
+            _STATE.pop(old).close()
+        _STATE[key] = open_slide(ctx.slide_path, mpp=ctx.mpp, reader=ctx.reader)
     return _STATE[key]
 
 
-def run_tile(plan: SlidePlan, job: TileJob, model, out_dir: str | os.PathLike[str], *, device: str | None = None,
-             threads: int | None = None) -> dict:
-    """Predict one tile and write its kept nuclei (step 2 of the module docstring); returns its counts and times."""
+def close_cached() -> None:
+    """Close the slides and drop the models this process keeps open between tiles."""
+    for key in list(_STATE):
+        value = _STATE.pop(key)
+        if key[0] == "slide":
+            value.close()
+
+
+def _write_tile(table, target: Path) -> None:
+    """Write a tile's table to ``target`` through a temporary in the same folder, flushed to disk before the rename
+    (a tile file that exists is complete, even after a power cut)."""
     import pyarrow.parquet as pq
 
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _reused(target: Path) -> int | None:
+    """Rows of a finished tile file, or None (no file, or an unreadable one, which is removed to be predicted
+    again, with a warning naming it)."""
+    import pyarrow.parquet as pq
+
+    if not target.is_file():
+        return None
+    try:
+        return pq.read_metadata(target).num_rows
+    except Exception as exc:  # a truncated or foreign file: predict the tile again
+        import warnings
+
+        warnings.warn(f"{target}: unreadable tile file ({type(exc).__name__}: {exc}); predicting the tile again",
+                      RuntimeWarning, stacklevel=3)
+        target.unlink()
+        return None
+
+
+def run_tile(ctx: TileContext, job: TileJob, model, out_dir: str | os.PathLike[str]) -> dict:
+    """Predict one tile and write its kept nuclei (step 2 of the module docstring); returns its counts and times.
+
+    A failure names the slide and the tile (:class:`~nucls_utils.wsi.reader.SlideError`)."""
+    target = tile_path(out_dir, job)
+    rows = _reused(target)
+    if rows is not None:
+        return {"row": job.row, "col": job.col, "nuclei": rows, "reused": True}
+    try:
+        return _predict_tile(ctx, job, model, target)
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"{Path(ctx.slide_path).name}: tile row {job.row}, column {job.col} (model pixels "
+                         f"{job.window}): {type(exc).__name__}: {exc}") from exc
+
+
+def _predict_tile(ctx: TileContext, job: TileJob, model, target: Path) -> dict:
     from ..model.detections import Detections
 
-    target = tile_path(out_dir, job)
-    if target.is_file():
-        return {"row": job.row, "col": job.col, "nuclei": pq.read_metadata(target).num_rows, "reused": True}
-    predict = _predictor(model, device, threads)
+    predict = _predictor(model, ctx)
     t0 = time.perf_counter()
     x0, y0, x1, y1 = job.window
-    rgb = read_model_window(_slide(plan), plan.model_scale, x0, y0, x1, y1)
+    rgb = read_model_window(_slide(ctx), ctx.model_scale, x0, y0, x1, y1)
     t1 = time.perf_counter()
-    rgb = _normalise(rgb, plan.stain_matrix)
+    rgb = _normalise(rgb, ctx.stain_matrix)
     t2 = time.perf_counter()
     det = predict(rgb)
     if not isinstance(det, Detections):
         raise TypeError(f"the tile predictor returned {type(det).__name__}, not Detections")
+    capped = ctx.detection_cap is not None and len(det) >= ctx.detection_cap
     t3 = time.perf_counter()
     det = det.shifted(x0, y0)
     xlo, xhi, ylo, yhi = job.core
@@ -372,18 +474,16 @@ def run_tile(plan: SlidePlan, job: TileJob, model, out_dir: str | os.PathLike[st
     cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2.0
     det = det.select((cx >= xlo) & (cx < xhi) & (cy >= ylo) & (cy < yhi))
     det = det.select(np.argsort(-det.scores, kind="stable"))
-    table = tile_table(det, plan.model_scale, plan.mpp, job.row, job.col, mask_threshold=plan.config.mask_threshold,
-                       tolerance=plan.config.polygon_tolerance)
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
+    table = tile_table(det, ctx.model_scale, ctx.mpp, job.row, job.col, mask_threshold=ctx.config.mask_threshold,
+                       tolerance=ctx.config.polygon_tolerance)
+    _write_tile(table, target)
     t4 = time.perf_counter()
-    return {"row": job.row, "col": job.col, "nuclei": len(det), "reused": False, "read_s": t1 - t0,
-            "normalise_s": t2 - t1, "model_s": t3 - t2, "write_s": t4 - t3}
+    return {"row": job.row, "col": job.col, "nuclei": len(det), "reused": False, "capped": bool(capped),
+            "read_s": t1 - t0, "normalise_s": t2 - t1, "model_s": t3 - t2, "write_s": t4 - t3}
 
 
-def _run_tile_task(job: TileJob, plan: SlidePlan, model, out_dir: str, device: str | None, threads: int | None
-                   ) -> dict:
-    return run_tile(plan, job, model, out_dir, device=device, threads=threads)
+def _run_tile_task(job: TileJob, ctx: TileContext, model, out_dir: str) -> dict:
+    return run_tile(ctx, job, model, out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,20 +497,52 @@ def _file_sha256(path: Path, limit: int | None = None) -> str:
 
 
 def _model_identity(model) -> str:
+    """The weights' sha256 for a model directory; for a callable, the sha256 of its cloudpickle (a function by
+    reference, a ``functools.partial`` or an object with its arguments and state)."""
     if isinstance(model, (str, os.PathLike)):
-        weights = Path(model) / "model.pt"
-        return f"model.pt:{_file_sha256(weights)}"
+        return f"model.pt:{_file_sha256(Path(model) / 'model.pt')}"
+    import cloudpickle
+
     name = getattr(model, "__qualname__", None) or type(model).__qualname__
-    return f"callable:{getattr(model, '__module__', '')}.{name}"
+    return f"callable:{name}:{hashlib.sha256(cloudpickle.dumps(model)).hexdigest()[:16]}"
 
 
-def run_key(plan: SlidePlan, model) -> dict:
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the client checks and uses of a model before any tile runs (read once from ``model.pt``)."""
+
+    nms_iou: float
+    largest_anchor: float | None
+    detection_cap: int | None
+
+
+def model_facts(model) -> ModelFacts:
+    """:class:`ModelFacts` of a model directory (its saved configuration) or a callable (its ``config``, if any)."""
+    if isinstance(model, (str, os.PathLike)):
+        import torch
+
+        cfg = torch.load(Path(model) / "model.pt", map_location="cpu", weights_only=False)["model_config"]
+        get = cfg.get
+    else:
+        config = getattr(model, "config", None)
+
+        def get(name, default=None):
+            return getattr(config, name, default)
+    nms_iou = get("nms_iou", None)
+    anchors = get("anchor_sizes", None)
+    cap = get("detections_per_img", None)
+    return ModelFacts(0.2 if nms_iou is None else float(nms_iou),
+                      float(max(anchors)) if anchors else None, int(cap) if cap else None)
+
+
+def run_key(plan: SlidePlan, model, device: str = "cpu", threads: int | None = None) -> dict:
     """What the tiles in an output folder were computed from (the slide's size and head bytes, the model's weights,
-    the settings): tiles are reused only under the same key."""
+    the settings, the device and torch's thread count, on which float results depend): tiles are reused only
+    under the same key."""
     path = Path(plan.slide_path)
     return {"wsi_version": WSI_VERSION, "slide": path.name, "slide_bytes": path.stat().st_size,
             "slide_head_sha256": _file_sha256(path, 1 << 20), "mpp": plan.mpp, "level0": [plan.width, plan.height],
-            "model": _model_identity(model), "config": asdict(plan.config)}
+            "model": _model_identity(model), "config": asdict(plan.config), "device": device, "threads": threads}
 
 
 def check_model_dir(model) -> None:
@@ -427,25 +559,39 @@ def check_model_dir(model) -> None:
 
 
 def _prepare_out(out_dir: Path, key: dict, overwrite: bool) -> None:
+    """Create ``out_dir`` and record the run key; refuse tiles of another run (or of an unknown one) unless
+    ``overwrite``; remove temporaries of killed runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     key_file = out_dir / "run.json"
+    tiles = out_dir / "tiles"
+    old = None
     if key_file.is_file():
-        old = json.loads(key_file.read_text())
-        if old != key:
-            if not overwrite:
-                diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-                raise RunMismatch(f"{out_dir} holds tiles of another run (differs in: {', '.join(diff)}); pass "
-                                  "--overwrite (overwrite=True) to start over, or choose another output folder")
-            shutil.rmtree(out_dir / "tiles", ignore_errors=True)
+        try:
+            old = json.loads(key_file.read_text())
+        except json.JSONDecodeError:
+            old = {"unreadable run.json": True}
+    has_tiles = tiles.is_dir() and any(tiles.glob("*.parquet"))
+    if (old is not None and old != key) or (old is None and has_tiles):
+        if not overwrite:
+            if old is None:
+                why = "tiles without a run.json saying what they were computed from"
+            else:
+                why = "differs in: " + ", ".join(sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k)))
+            raise RunMismatch(f"{out_dir} holds tiles of another run ({why}); pass --overwrite (overwrite=True) to "
+                              "start over, or choose another output folder")
+        shutil.rmtree(tiles, ignore_errors=True)
+    tiles.mkdir(exist_ok=True)
+    for tmp in tiles.glob(".*.tmp"):  # a tile in flight when a run was killed
+        tmp.unlink()
     with atomic_path(key_file) as tmp:
         tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
 
 
-def _execute(pairs: Sequence[tuple[SlidePlan, Path]], model, *, workers: int, threads: int | None,
-             scheduler: str | None, device: str | None, progress: bool) -> list[list[dict]]:
-    """Run every tile of every ``(plan, out_dir)``: in this process, or as tasks of one Dask cluster."""
+def _execute(pairs: Sequence[tuple[TileContext, list[TileJob], Path]], model, *, workers: int,
+             scheduler: str | None, progress: bool) -> list[list[dict]]:
+    """Run every tile of every ``(context, jobs, out_dir)``: in this process, or as tasks of one Dask cluster."""
     results: list[list[dict]] = [[] for _ in pairs]
-    n_jobs = sum(len(plan.jobs) for plan, _ in pairs)
+    n_jobs = sum(len(jobs) for _, jobs, _ in pairs)
     name = Path(pairs[0][0].slide_path).name if len(pairs) == 1 else f"{len(pairs)} slides"
     bar = tqdm(total=n_jobs, desc=f"tiles of {name}", unit="tile", disable=not progress)
     found = 0
@@ -459,21 +605,27 @@ def _execute(pairs: Sequence[tuple[SlidePlan, Path]], model, *, workers: int, th
 
     try:
         if not scheduler and workers <= 0:
-            for i, (plan, out_dir) in enumerate(pairs):
-                for job in plan.jobs:
-                    record(i, run_tile(plan, job, model, out_dir, device=device, threads=threads))
+            import torch
+
+            before = torch.get_num_threads()
+            try:
+                for i, (ctx, jobs, out_dir) in enumerate(pairs):
+                    for job in jobs:
+                        record(i, run_tile(ctx, job, model, out_dir))
+            finally:
+                torch.set_num_threads(before)
+                close_cached()
         else:
             from distributed import as_completed
 
             from .cluster import dask_client
 
+            threads = pairs[0][0].threads if pairs else None
             with dask_client(workers=workers, scheduler=scheduler, threads=threads) as client:
-                owner = {}
-                futures = []
-                for i, (plan, out_dir) in enumerate(pairs):
-                    plan_f = client.scatter(plan, broadcast=True)
-                    fs = client.map(_run_tile_task, plan.jobs, plan=plan_f, model=model, out_dir=str(out_dir),
-                                    device=device, threads=threads, pure=False)
+                model_ref = model if isinstance(model, (str, os.PathLike)) else client.scatter(model, broadcast=True)
+                owner, futures = {}, []
+                for i, (ctx, jobs, out_dir) in enumerate(pairs):
+                    fs = client.map(_run_tile_task, jobs, ctx=ctx, model=model_ref, out_dir=str(out_dir), pure=False)
                     owner.update({f.key: i for f in fs})
                     futures += fs
                 for fut in as_completed(futures):
@@ -499,8 +651,26 @@ def predict_cohort(slide_paths: Sequence[str | os.PathLike[str]], model, out_dir
                          device=device, overwrite=overwrite, progress=progress)
 
 
+def _resolve_threads(threads: int | None, workers: int, scheduler: str | None) -> int:
+    """Torch threads per tile: given, or the cores shared out over the local workers (one on a given cluster,
+    whose cores this process cannot see), or this process's torch threads when predicting in process."""
+    if threads:
+        return int(threads)
+    if scheduler:
+        return 1
+    if workers > 0:
+        from .cluster import default_threads
+
+        return default_threads(workers)
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _predict_many(targets, model, config, *, mpp, reader, workers, threads, scheduler, device, overwrite,
                   progress, plans: Sequence[SlidePlan] | None = None) -> list[dict]:
+    import warnings
+
     from .export import write_outputs, write_summary
 
     t_start = time.perf_counter()
@@ -509,23 +679,36 @@ def _predict_many(targets, model, config, *, mpp, reader, workers, threads, sche
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = _resolve_threads(threads, workers, scheduler)
+    facts = model_facts(model)
     plans = list(plans) if plans is not None else [plan_slide(p, config, mpp=mpp, reader=reader) for p, _ in targets]
     pairs = []
     for plan, (_, out) in zip(plans, targets, strict=True):
-        _prepare_out(Path(out), run_key(plan, model), overwrite)
-        pairs.append((plan, Path(out)))
+        if facts.largest_anchor is not None and plan.config.overlap < 2 * facts.largest_anchor:
+            raise ValueError(f"overlap ({plan.config.overlap} model px) must be at least twice the model's largest "
+                             f"anchor ({facts.largest_anchor:g} px): a tile must see every nucleus it keeps whole")
+        _prepare_out(Path(out), run_key(plan, model, device, threads), overwrite)
+        path = Path(plan.slide_path)
+        ctx = TileContext(plan.slide_path, plan.reader, plan.mpp, plan.model_scale, plan.config, plan.stain_matrix,
+                          _stamp(path), _stamp(Path(model) / "model.pt") if isinstance(model, (str, os.PathLike))
+                          else None, device, threads, facts.detection_cap)
+        pairs.append((ctx, plan.jobs, Path(out)))
     t_tiles = time.perf_counter()
-    results = _execute(pairs, model, workers=workers, threads=threads, scheduler=scheduler, device=device,
-                       progress=progress)
+    results = _execute(pairs, model, workers=workers, scheduler=scheduler, progress=progress)
     t_merge = time.perf_counter()
-    nms_iou = _model_nms_iou(model)
     summaries = []
-    for (plan, out), res in zip(pairs, results, strict=True):
+    for plan, (_, _, out), res in zip(plans, pairs, results, strict=True):
         t0 = time.perf_counter()
-        summary = write_outputs(plan, out, nms_iou=nms_iou)
+        summary = write_outputs(plan, out, nms_iou=facts.nms_iou)
         fresh = [r for r in res if not r.get("reused")]
+        capped = sum(bool(r.get("capped")) for r in fresh)
+        if capped:
+            warnings.warn(f"{Path(plan.slide_path).name}: {capped} of {len(fresh)} tiles returned the model's maximum "
+                          f"of {facts.detection_cap} detections: nuclei may be missing there; use a smaller --tile",
+                          RuntimeWarning, stacklevel=3)
         summary["run"] = {
-            "tiles_predicted": len(fresh), "tiles_reused": len(res) - len(fresh), "workers": workers,
+            "tiles_predicted": len(fresh), "tiles_reused": len(res) - len(fresh), "capped_tiles": capped,
+            "workers": workers,
             "scheduler": "given" if scheduler else ("local cluster" if workers > 0 else "in process"),
             "threads": threads, "device": device,
             "seconds": {**{k: round(v, 3) for k, v in plan.seconds.items()},
@@ -580,18 +763,11 @@ def predict_slide(slide_path: str | os.PathLike[str], model, out_dir: str | os.P
                          progress=progress, plans=None if plan is None else [plan])[0]
 
 
-def _model_nms_iou(model) -> float:
-    if isinstance(model, (str, os.PathLike)):
-        import torch
-
-        blob = torch.load(Path(model) / "model.pt", map_location="cpu", weights_only=False)
-        return float(blob["model_config"].get("nms_iou", 0.2))
-    config = getattr(model, "config", None)
-    return float(getattr(config, "nms_iou", 0.2) or 0.2)
-
-
-def merged_keep(out_dir: Path, jobs: Sequence[TileJob], nms_iou: float) -> dict[tuple[int, int], np.ndarray]:
-    """Per tile, the rows kept by the class-agnostic NMS over every tile's boxes (reads boxes and scores only)."""
+def merged_keep(out_dir: Path, jobs: Sequence[TileJob], nms_iou: float, *, single_tile: bool = False
+                ) -> dict[tuple[int, int], np.ndarray]:
+    """Per tile, the rows kept by the class-agnostic NMS over every tile's boxes (reads boxes and scores only).
+    ``single_tile``: the slide is one tile, whose detections are kept as the model gave them (as
+    :func:`~nucls_utils.model.inference.predict_tiled` does)."""
     import pyarrow.parquet as pq
 
     from ..model.inference import nms
@@ -608,7 +784,9 @@ def merged_keep(out_dir: Path, jobs: Sequence[TileJob], nms_iou: float) -> dict[
     owner = np.concatenate(owners)
     local = np.concatenate([np.arange(len(p)) for p in parts])
     keep = np.zeros(len(allrows), bool)
-    if len(allrows):
+    if single_tile:
+        keep[:] = True
+    elif len(allrows):
         keep[nms(allrows[:, :4], allrows[:, 4], nms_iou)] = True
     return {(job.row, job.col): local[(owner == i) & keep] for i, job in enumerate(jobs)}
 

@@ -74,8 +74,9 @@ def _check_mpp(mpp, source: str, path: Path) -> float:
         value = float(mpp)
     except (TypeError, ValueError):
         raise SlideError(f"{path}: microns per pixel from {source} is not a number: {mpp!r}") from None
-    if not math.isfinite(value) or not 0.01 <= value <= 50:
-        raise SlideError(f"{path}: microns per pixel from {source} is {value!r}, outside 0.01-50 um/px")
+    if not math.isfinite(value) or not 0.05 <= value <= 20:
+        raise SlideError(f"{path}: microns per pixel from {source} is {value!r}, outside 0.05-20 um/px (scanners "
+                         "give 0.1-2); pass the right value with --mpp")
     return value
 
 
@@ -118,20 +119,25 @@ class Slide:
         return out
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
-        """``(rgb, downsample)``: the slide at most ``max_side`` px a side, from the smallest adequate level."""
+        """``(rgb, downsample)``: the slide at most ``max_side`` px a side, from the smallest adequate level, read
+        and reduced in strips (a single-level slide is never read whole)."""
+        import cv2
+
         target = max(self.width, self.height) / float(max_side)
         pick = max((i for i, lv in enumerate(self.levels) if lv.downsample <= max(target, 1.0)),
                    key=lambda i: self.levels[i].downsample)
         lv = self.levels[pick]
-        with self._lock:
-            rgb = self._read_level(pick, 0, 0, lv.width, lv.height)
-        scale = max(lv.width, lv.height) / float(max_side)
-        if scale > 1.0:
-            import cv2
-
-            size = (max(1, round(lv.width / scale)), max(1, round(lv.height / scale)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(rgb), self.width / rgb.shape[1]
+        scale = max(max(lv.width, lv.height) / float(max_side), 1.0)
+        out_w, out_h = max(1, round(lv.width / scale)), max(1, round(lv.height / scale))
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        step = max(1, int(4096 * 1024 // max(lv.width, 1) // max(int(np.ceil(scale)), 1)))  # output rows per strip
+        for r0 in range(0, out_h, step):
+            r1 = min(r0 + step, out_h)
+            y0, y1 = int(round(r0 * scale)), min(int(round(r1 * scale)), lv.height)
+            with self._lock:
+                strip = self._read_level(pick, 0, y0, lv.width, max(y1 - y0, 1))
+            out[r0:r1] = strip if scale == 1.0 else cv2.resize(strip, (out_w, r1 - r0), interpolation=cv2.INTER_AREA)
+        return out, self.width / out_w
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -175,6 +181,10 @@ class _OpenSlideSlide(Slide):
             value, source = _check_mpp(mpp, "--mpp", path), "--mpp"
         elif props.get("openslide.mpp-x"):
             value, source = _check_mpp(props["openslide.mpp-x"], "openslide.mpp-x", path), "openslide.mpp-x"
+            mpp_y = props.get("openslide.mpp-y")
+            if mpp_y and abs(float(mpp_y) - value) > 0.02 * value:
+                raise SlideError(f"{path}: pixels are not square ({value:g} x {float(mpp_y):g} um); resample the "
+                                 "slide to square pixels first")
         else:
             raise SlideError(f"{path}: the slide's metadata give no microns per pixel (no openslide.mpp-x); pass "
                              "--mpp (the scanner's resolution, e.g. 0.25 for 40x, 0.5 for 20x)")
@@ -296,7 +306,13 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None, reader
     if reader == "tifffile":
         return _TiffSlide(path, mpp)
     if path.suffix.lower() in (".tif", ".tiff", ".btf"):
-        slide = _TiffSlide(path, mpp)
+        try:
+            slide = _TiffSlide(path, mpp)
+        except SlideError as exc:  # OpenSlide may know this TIFF's vendor metadata (and its scale)
+            try:
+                return _OpenSlideSlide(path, mpp)
+            except SlideError:
+                raise exc from None
         try:  # a TIFF compressed in a way tifffile cannot decode alone (JPEG 2000 in some scanners' files)
             slide.read(0, 0, 1, 1)
         except Exception:

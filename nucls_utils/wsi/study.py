@@ -16,6 +16,7 @@ __all__ = ["default_slide_path", "model_dir", "summary_table", "timing_table", "
 
 #: The stages of a prediction whose seconds :func:`timing_table` lists (``summary["run"]["seconds"]``).
 TIMED_STAGES = (("open", "open the slide"), ("thumbnail", "read the thumbnail"), ("tissue", "find tissue"),
+                ("stain estimate", "estimate the slide's stain vectors"),
                 ("read", "read and resample tiles"), ("normalise", "normalise tiles (Macenko)"),
                 ("model", "model forward passes"), ("write", "trace outlines, write tile files"),
                 ("tiles_wall", "all tiles, wall clock"), ("merge", "merge: NMS and outputs"), ("total", "total"))
