@@ -131,27 +131,29 @@ def _model_shape(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def _slide_stain_matrix(slide, thumbnail_ds: float, mask: np.ndarray, n_regions: int = 8, side: int = 512
+def _slide_stain_matrix(slide, thumbnail: np.ndarray, thumbnail_ds: float, mask: np.ndarray, n_regions: int = 8
                         ) -> np.ndarray | None:
-    """The slide's Macenko stain vectors, estimated on ``n_regions`` level-0 regions of ``side`` px that are all
-    tissue on the thumbnail's mask (spread over the slide in reading order), so that hematoxylin and eosin are
-    resolved as in a field of view rather than averaged in thumbnail pixels. None without enough tissue."""
+    """The slide's Macenko stain vectors, estimated on ``n_regions`` level-0 regions (512 px, or 256 or 128 on a
+    small slide) that are at least 80 % tissue on the thumbnail's mask, spread over the slide in reading order, so
+    that hematoxylin and eosin are resolved as in a field of view rather than averaged in thumbnail pixels; on the
+    thumbnail's tissue pixels when no such region exists. None without enough tissue."""
     from scipy import ndimage as ndi
 
     from ..model.data import _macenko_w, _od
 
-    cell = max(int(round(side / thumbnail_ds)), 1)
-    full = ndi.uniform_filter(mask.astype(np.float32), size=cell, mode="constant")  # tissue share around each pixel
-    rows, cols = np.nonzero(full[::cell, ::cell] >= 0.95)
-    if not len(rows):
+    for side in (512, 256, 128):
+        cell = max(int(round(side / thumbnail_ds)), 1)
+        share = ndi.uniform_filter(mask.astype(np.float32), size=cell, mode="constant")  # tissue around each pixel
+        rows, cols = np.nonzero(share[cell // 2::cell, cell // 2::cell] >= 0.8)
+        if len(rows):
+            pick = np.linspace(0, len(rows) - 1, min(n_regions, len(rows))).round().astype(int)
+            pixels = [slide.read(int(c * cell * thumbnail_ds), int(r * cell * thumbnail_ds), side, side).reshape(-1, 3)
+                      for r, c in zip(rows[pick], cols[pick], strict=True)]
+            return _macenko_w(_od(np.concatenate(pixels).reshape(-1, 1, 3)), min_tissue_fraction=0.01)
+    pixels = thumbnail[mask]
+    if len(pixels) < 100:
         return None
-    pick = np.linspace(0, len(rows) - 1, min(n_regions, len(rows))).round().astype(int)
-    pixels = []
-    for r, c in zip(rows[pick], cols[pick], strict=True):
-        x = int((c * cell - cell // 2) * thumbnail_ds)
-        y = int((r * cell - cell // 2) * thumbnail_ds)
-        pixels.append(slide.read(max(x, 0), max(y, 0), side, side).reshape(-1, 3))
-    return _macenko_w(_od(np.concatenate(pixels).reshape(-1, 1, 3)), min_tissue_fraction=0.01)
+    return _macenko_w(_od(pixels.reshape(-1, 1, 3)), min_tissue_fraction=0.01)
 
 
 def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = None, *, mpp: float | None = None,
@@ -168,7 +170,7 @@ def plan_slide(slide_path: str | os.PathLike[str], config: WsiConfig | None = No
         t_thumb = time.perf_counter()
         mask = tissue_mask(thumb, method=config.tissue_method, um_per_px=ds * slide.mpp)
         t_tissue = time.perf_counter()
-        stain = _slide_stain_matrix(slide, ds, mask) if config.normalise else None
+        stain = _slide_stain_matrix(slide, thumb, ds, mask) if config.normalise else None
         if config.normalise and stain is None:
             import warnings
 
