@@ -1,7 +1,8 @@
 """Benchmark: the NuCLS model on whole slides (``nucls_utils.wsi``), in one run.
 
-* **Workers**: tiles/s and nuclei/s of ``predict_slide`` on the same slide with a local Dask cluster of 1 worker x 2
-  torch threads against 2 workers x 1 thread (the ratio is printed).
+* **Workers**: tiles/s and nuclei/s of ``predict_slide`` on the larger slide with a local Dask cluster of 1 worker x
+  2 torch threads against 2 workers x 1 thread (the ratio is printed; the cluster's start-up, a few seconds, is
+  in the wall time, as a user pays it).
 * **Memory**: peak resident memory of the whole prediction (in process, 2 threads) on a slide and on a slide of 4x
   its area (twice the side); each in its own child process, so each peak is that run's own. It must not grow with
   the slide: the ratio is printed against the issue's bound of 1.25.
@@ -168,12 +169,12 @@ def main() -> None:
         print(f"model: {what}; slides {side} and {2 * side} px a side at 0.25 um/px")
         one = _run_child(s1, model, 0, 2)
         four = _run_child(s4, model, 0, 2)
-        w12 = _run_child(s1, model, 1, 2)
-        w21 = _run_child(s1, model, 2, 1)
+        w12 = _run_child(s4, model, 1, 2)  # the larger slide: the cluster's start-up is a smaller share
+        w21 = _run_child(s4, model, 2, 1)
         stock = compare_stock(s1, model, stock_tiles, 2)
     rows = []
     for name, r in (("in process, 2 threads, 1x", one), ("in process, 2 threads, 4x", four),
-                    ("Dask 1 worker x 2 threads, 1x", w12), ("Dask 2 workers x 1 thread, 1x", w21)):
+                    ("Dask 1 worker x 2 threads, 4x", w12), ("Dask 2 workers x 1 thread, 4x", w21)):
         wall = r["seconds"]["tiles_wall"]
         rows.append(f"{name:<32} {r['tiles']:>5} tiles {r['nuclei']:>7} nuclei  {r['tiles'] / wall:6.3f} tiles/s "
                     f"{r['nuclei'] / wall:8.1f} nuclei/s  peak {r['peak_mb']:7.0f} MB (client process)")
@@ -185,7 +186,7 @@ def main() -> None:
     total = sum(parts.values())
     print("time share (1x, in process): " + ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in parts.items()))
     r_workers = (w21["tiles"] / w21["seconds"]["tiles_wall"]) / (w12["tiles"] / w12["seconds"]["tiles_wall"])
-    print(f"ratio 2 workers x 1 thread vs 1 worker x 2 threads (tiles/s): {r_workers:.2f}")
+    print(f"ratio 2 workers x 1 thread vs 1 worker x 2 threads (tiles/s, 4x slide): {r_workers:.2f}")
     r_mem = four["peak_mb"] / one["peak_mb"]
     print(f"ratio peak memory 4x slide vs 1x slide: {r_mem:.3f} (bound 1.25: "
           f"{'within' if r_mem <= 1.25 else 'OVER'})")
