@@ -42,6 +42,7 @@ def dask_client(*, workers: int = 1, scheduler: str | None = None, threads: int 
             yield client
         finally:
             client.close()
+            _collect_closed_sockets()
         return
     if workers < 1:
         raise ValueError(f"a local cluster needs at least one worker, not {workers}")
@@ -54,3 +55,15 @@ def dask_client(*, workers: int = 1, scheduler: str | None = None, threads: int 
     finally:
         client.close()
         cluster.close()
+        _collect_closed_sockets()
+
+
+def _collect_closed_sockets() -> None:
+    """Collect the comms of a closed client or cluster now, quietly: left to the garbage collector, their sockets
+    warn (ResourceWarning) wherever the collection happens to run, in the caller's code."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
