@@ -498,7 +498,8 @@ def stain_augment(rgb: np.ndarray, rng: np.random.Generator, sigma1: float = STA
 
 
 def macenko_normalise(rgb: np.ndarray, target_stain_matrix: np.ndarray | None = None,
-                      min_tissue_fraction: float = 0.01) -> np.ndarray:
+                      min_tissue_fraction: float = 0.01, *, source_stain_matrix: np.ndarray | None = None
+                      ) -> np.ndarray:
     """Macenko colour normalisation with HistomicsTK's ``deconvolution_based_normalization``.
 
     The image's H&E stain matrix is estimated with Macenko-PCA (HistomicsTK's default ``stain_unmixing_routine``);
@@ -509,6 +510,9 @@ def macenko_normalise(rgb: np.ndarray, target_stain_matrix: np.ndarray | None = 
     A mostly-background image (fewer than ``min_tissue_fraction`` of the pixels stained enough for the Macenko
     estimate), or one where the estimate fails, is returned unchanged with a ``RuntimeWarning``.
 
+    ``source_stain_matrix``: the image's stain vectors estimated elsewhere (a whole slide's, shared by its tiles,
+    :mod:`nucls_utils.wsi.predict`), used instead of an estimate on this image.
+
     Returns
     -------
     (H, W, 3) uint8 ndarray
@@ -518,7 +522,7 @@ def macenko_normalise(rgb: np.ndarray, target_stain_matrix: np.ndarray | None = 
     rgb = _as_rgb(rgb)
     rgb = rgb[..., :3]
     target = MACENKO_TARGET_W if target_stain_matrix is None else np.asarray(target_stain_matrix, dtype=float)
-    w_src = _macenko_w(_od(rgb), min_tissue_fraction)
+    w_src = _macenko_w(_od(rgb), min_tissue_fraction) if source_stain_matrix is None else source_stain_matrix
     if w_src is None:
         warnings.warn("macenko_normalise: too little stained tissue for a Macenko stain estimate; the image is "
                       "returned unchanged", RuntimeWarning, stacklevel=2)

@@ -261,7 +261,8 @@ def render_crop(layout: RoiLayout, crop: tuple[int, int, int, int], outlines: di
         if s.cx + s.radius < x0 or s.cx - s.radius > x1 or s.cy + s.radius < y0 or s.cy - s.radius > y1:
             continue
         d = np.hypot(xx - s.cx, yy - s.cy)
-        lumen = 1.0 / (1.0 + np.exp((d - s.lumen) / 1.5))
+        with np.errstate(over="ignore"):  # far from a small lumen exp overflows to inf: the lumen is 0 there
+            lumen = 1.0 / (1.0 + np.exp((d - s.lumen) / 1.5))
         E *= 1 - 0.9 * lumen
         H *= 1 - 0.9 * lumen
         tissue *= 1 - lumen

@@ -34,6 +34,7 @@ import numpy as np
 from .. import taxonomy as tx
 from ..config import MICRONS_PER_PIXEL
 from ..io.atomic import atomic_path
+from ..io.pyramid import write_pyramid
 from ..profiles import stage_settings
 from ..progress import tqdm
 from .layout import REGION_NAMES, make_roi
@@ -116,7 +117,6 @@ def make_slide(path: str | os.PathLike[str], spec: SlideSpec | str = "cpu", seed
     """Write the synthetic slide ``path`` (``.tif``) and its truth beside it (see the module docstring)."""
     import cv2
     import pandas as pd
-    import tifffile
     from PIL import Image
 
     if isinstance(spec, str):
@@ -166,10 +166,9 @@ def make_slide(path: str | os.PathLike[str], spec: SlideSpec | str = "cpu", seed
                     xs = np.clip(np.rint(nuc.xs), 0, B).astype(int)
                     ys = np.clip(np.rint(nuc.ys), 0, B).astype(int)
                     outlines[k] = (np.append(xs, xs[0]), np.append(ys, ys[0]))
-                with np.errstate(over="ignore"):  # the lumens' logistic edge far from a small lumen: exp -> inf, 0
-                    strip[:, bx * B:(bx + 1) * B] = render_crop(
-                        layout, (0, 0, B, B), outlines, style, rng, blur_sigma=float(rng.uniform(0.6, 1.1)),
-                        noise_sd=float(rng.uniform(1.0, 2.5)), jpeg_quality=None)
+                strip[:, bx * B:(bx + 1) * B] = render_crop(
+                    layout, (0, 0, B, B), outlines, style, rng, blur_sigma=float(rng.uniform(0.6, 1.1)),
+                    noise_sd=float(rng.uniform(1.0, 2.5)), jpeg_quality=None)
                 strip_regions[:, bx * B:(bx + 1) * B] = layout.regions
                 truth += _block_truth(layout, bx * B, by * B, f, alpha, (w_m, h_m))
                 bar.update()
@@ -190,17 +189,9 @@ def make_slide(path: str | os.PathLike[str], spec: SlideSpec | str = "cpu", seed
             prev = levels[-1]
             levels.append(cv2.resize(np.asarray(prev), (max(prev.shape[1] // 2, 1), max(prev.shape[0] // 2, 1)),
                                      interpolation=cv2.INTER_AREA))
-        with atomic_path(path) as tmp:
-            with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2 ** 31) as tif:
-                for i, lev in enumerate(levels):
-                    ds = spec.width_px / lev.shape[1]
-                    res = 1e4 / (spec.mpp * ds)
-                    tif.write(lev, tile=(spec.tile, spec.tile), compression="zlib", photometric="rgb",
-                              resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=0 if i == 0 else 1,
-                              description=json.dumps({"mpp": spec.mpp, "generator": "nucls_utils.phantom.slide",
-                                                      "version": SLIDE_VERSION, "seed": int(seed),
-                                                      "spec": asdict(spec)}) if i == 0 else None,
-                              metadata=None)
+        write_pyramid(path, levels, spec.mpp, tile=spec.tile,
+                      description={"generator": "nucls_utils.phantom.slide", "version": SLIDE_VERSION, "seed": int(seed),
+                                   "spec": asdict(spec)})
         del level0, levels
     table = pd.DataFrame(truth, columns=["x", "y", "xmin", "ymin", "xmax", "ymax", "polygon_x", "polygon_y",
                                          "raw_class", "main_class", "super_class", "region"])

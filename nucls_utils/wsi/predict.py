@@ -39,6 +39,7 @@ import numpy as np
 
 from ..config import MICRONS_PER_PIXEL
 from ..io.atomic import atomic_path
+from ..io.manifest import sha256_file
 from ..progress import tqdm
 from .reader import SlideError, open_slide
 from .tissue import TISSUE_METHODS, tile_tissue_fraction, tissue_mask
@@ -240,15 +241,12 @@ def read_model_window(slide, scale: float, x0: int, y0: int, x1: int, y1: int) -
 
 
 def _normalise(rgb: np.ndarray, stain: np.ndarray | None) -> np.ndarray:
+    """A tile Macenko-normalised with the slide's stain vectors (unchanged without them)."""
     if stain is None:
         return rgb
-    from histomicstk.preprocessing.color_normalization import deconvolution_based_normalization
+    from ..model.data import macenko_normalise
 
-    from ..model.data import MACENKO_TARGET_W
-
-    with np.errstate(all="ignore"):
-        out = deconvolution_based_normalization(rgb, W_source=stain, W_target=MACENKO_TARGET_W)
-    return np.asarray(out).astype(np.uint8)
+    return macenko_normalise(rgb, source_stain_matrix=stain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,18 +489,17 @@ def _run_tile_task(job: TileJob, ctx: TileContext, model, out_dir: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # The whole slide
 # ---------------------------------------------------------------------------------------------------------------
-def _file_sha256(path: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
+def _head_sha256(path: Path, limit: int = 1 << 20) -> str:
+    """sha256 of a file's first ``limit`` bytes (a slide's header and first tiles: cheap, and changes with it)."""
     with open(path, "rb") as fh:
-        h.update(fh.read(limit) if limit else fh.read())
-    return h.hexdigest()[:16]
+        return hashlib.sha256(fh.read(limit)).hexdigest()[:16]
 
 
 def _model_identity(model) -> str:
     """The weights' sha256 for a model directory; for a callable, the sha256 of its cloudpickle (a function by
     reference, a ``functools.partial`` or an object with its arguments and state)."""
     if isinstance(model, (str, os.PathLike)):
-        return f"model.pt:{_file_sha256(Path(model) / 'model.pt')}"
+        return f"model.pt:{sha256_file(Path(model) / 'model.pt')[:16]}"
     import cloudpickle
 
     name = getattr(model, "__qualname__", None) or type(model).__qualname__
@@ -543,7 +540,7 @@ def run_key(plan: SlidePlan, model, device: str = "cpu", threads: int | None = N
     under the same key."""
     path = Path(plan.slide_path)
     return {"wsi_version": WSI_VERSION, "slide": path.name, "slide_bytes": path.stat().st_size,
-            "slide_head_sha256": _file_sha256(path, 1 << 20), "mpp": plan.mpp, "level0": [plan.width, plan.height],
+            "slide_head_sha256": _head_sha256(path), "mpp": plan.mpp, "level0": [plan.width, plan.height],
             "model": _model_identity(model), "config": asdict(plan.config), "device": device, "threads": threads}
 
 

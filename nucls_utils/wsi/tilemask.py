@@ -11,7 +11,6 @@ per pixel. Memory: one block and its context, whatever the slide's size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from ..io.pyramid import write_pyramid
 from ..progress import tqdm
 from .predict import MODEL_MPP, read_model_window
 from .reader import open_slide
@@ -50,7 +49,6 @@ def predict_tile_mask(slide_path: str | os.PathLike[str], model_path: str | os.P
     called nucleus}``.
     """
     import cv2
-    import tifffile
 
     from ..baselines.tile_classifier import load_tile_classifier, probability_map
 
@@ -101,14 +99,7 @@ def predict_tile_mask(slide_path: str | os.PathLike[str], model_path: str | os.P
                 nxt = np.memmap(Path(tmpdir) / f"level{len(levels)}.raw", dtype=np.uint8, mode="w+",
                                 shape=(math.ceil(prev.shape[0] / 2), math.ceil(prev.shape[1] / 2)))
                 levels.append(halve_mask(prev, nxt))
-            with atomic_path(target) as tmp:
-                with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2 ** 31) as tif:
-                    for i, lev in enumerate(levels):
-                        res = 1e4 / (slide.mpp * W / lev.shape[1])
-                        tif.write(lev, tile=(256, 256), compression="zlib", photometric="minisblack",
-                                  resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=1 if i else 0,
-                                  description=json.dumps({"mpp": slide.mpp, "content": "nuclei mask (255 nucleus)",
-                                                          "threshold": threshold}) if i == 0 else None,
-                                  metadata=None)
+            write_pyramid(target, levels, slide.mpp,
+                          description={"content": "nuclei mask (255 nucleus)", "threshold": threshold})
             del levels, level0
     return {"mask": str(target), "blocks": len(blocks), "nucleus_share": positive / max(block_px, 1)}
